@@ -1,0 +1,142 @@
+"""Prometheus collector: fresh metric families from one sampler and one layer snapshot per scrape.
+
+No timestamps and no ``_created`` series: the values are those of the scrape.
+Power gauges are only exported while the sensor is up, so a dead sensor never
+shows as a silent 0 W; the energy counters stay (and stop growing).
+"""
+
+from typing import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .layers import LayerBoard, index_label
+from .sampler import Sampler
+
+LAYER_LABELS = ["model", "index", "layer", "op"]
+
+
+class PowerCollector(Collector):
+    def __init__(self, sampler: Sampler, layers: LayerBoard):
+        self.sampler = sampler
+        self.layers = layers
+
+    def collect(self, openmetrics: bool = False) -> Iterator[Metric]:
+        snap = self.sampler.snapshot()
+        source = self.sampler.source
+        reading = snap.reading
+
+        if snap.up and reading is not None:
+            yield _gauge("jetson_power_total_watts", "Total board input power in watts.", reading.total_watts)
+            yield _per_rail("jetson_power_rail_watts", "Power per monitored rail in watts.", reading.rails)
+            if reading.volts:
+                yield _per_rail("jetson_power_rail_volts", "Bus voltage per monitored rail in volts.",
+                                reading.volts)
+            if reading.amperes:
+                yield _per_rail("jetson_power_rail_amperes", "Current per monitored rail in amperes.",
+                                reading.amperes)
+
+        yield CounterMetricFamily(
+            "jetson_energy_joules", "Total energy integrated at the sample rate, in joules.",
+            value=snap.energy_joules)
+        rail_energy = CounterMetricFamily(
+            "jetson_energy_rail_joules", "Energy per rail integrated at the sample rate, in joules.",
+            labels=["rail"])
+        for rail, joules in sorted(snap.rail_energy_joules.items()):
+            rail_energy.add_metric([rail], joules)
+        yield rail_energy
+
+        yield _gauge("jetson_power_up", "1 while the power sensor answers, 0 while it is down.",
+                     1.0 if snap.up else 0.0)
+        yield CounterMetricFamily("jetson_power_samples", "Good sensor samples taken.",
+                                  value=snap.samples_total)
+        yield CounterMetricFamily("jetson_power_sensor_errors", "Failed sensor reads.",
+                                  value=snap.errors_total)
+        yield CounterMetricFamily(
+            "jetson_power_gap_seconds",
+            "Time not integrated because the sensor was away longer than a few sample periods, in seconds.",
+            value=snap.gap_seconds)
+        if snap.sample_interval_s is not None:
+            yield _gauge("jetson_power_sample_interval_seconds",
+                         "Observed mean interval between samples, in seconds.", snap.sample_interval_s)
+        if snap.sensor_interval_s is not None:
+            yield _gauge("jetson_power_sensor_update_interval_seconds",
+                         "Observed mean interval between changes of the sensor value, in seconds.",
+                         snap.sensor_interval_s)
+        if source.update_interval_s is not None:
+            yield _gauge("jetson_power_sensor_configured_interval_seconds",
+                         "Update interval the sensor or its driver reports, in seconds.",
+                         source.update_interval_s)
+        if snap.jitter_p99_s is not None:
+            yield _gauge("jetson_power_sample_jitter_seconds",
+                         "99th percentile of the sampler's wake-up error over the last 1000 samples, in seconds.",
+                         snap.jitter_p99_s)
+        info = GaugeMetricFamily("jetson_power_source_info", "The power source in use; value is always 1.",
+                                 labels=["source", "board", "simulated"])
+        info.add_metric([source.name, source.board, "true" if source.simulated else "false"], 1.0)
+        yield info
+        build = GaugeMetricFamily("jetson_exporter_build_info", "Exporter version; value is always 1.",
+                                  labels=["version"])
+        build.add_metric([__version__], 1.0)
+        yield build
+
+        yield from self._layer_metrics(openmetrics)
+
+    def _layer_metrics(self, openmetrics: bool) -> Iterator[Metric]:
+        snap = self.layers.snapshot()
+        active = GaugeMetricFamily(
+            "jetson_profiler_active_layer", "1 for the layer the profiler is measuring right now.",
+            labels=LAYER_LABELS)
+        for a in snap.active:
+            active.add_metric([a.model, index_label(a.index), a.layer, a.op], 1.0)
+        yield active
+
+        families = [
+            ("jetson_layer_energy_joules", "Energy per call of each layer, last profile, in joules.",
+             "energy_j"),
+            ("jetson_layer_dynamic_energy_joules",
+             "Energy per call above the idle baseline, last profile, in joules.", "dynamic_energy_j"),
+            ("jetson_layer_duration_seconds", "Duration per call of each layer, last profile, in seconds.",
+             "duration_s"),
+            ("jetson_layer_power_watts", "Mean power while each layer ran, last profile, in watts.", "power_w"),
+        ]
+        for name, doc, attr in families:
+            family = GaugeMetricFamily(name, doc, labels=LAYER_LABELS)
+            for model, results in sorted(snap.results.items()):
+                for r in results:
+                    family.add_metric([model, index_label(r.index), r.layer, r.op], getattr(r, attr))
+            yield family
+
+        energy_doc = "Energy integrated by the daemon while each layer was marked active, in joules."
+        if openmetrics:
+            # OpenMetrics names a counter family without "_total", which would collide with the
+            # per-call gauge jetson_layer_energy_joules; "unknown" keeps the sample name users query.
+            energy = Metric("jetson_layer_energy_joules_total", energy_doc, "unknown")
+        else:
+            energy = CounterMetricFamily("jetson_layer_energy_joules", energy_doc, labels=["model", "layer"])
+        seconds = CounterMetricFamily(
+            "jetson_layer_active_seconds", "Time each layer was marked active, in seconds.",
+            labels=["model", "layer"])
+        for key in sorted(snap.energy_j):
+            model, layer = key
+            energy.add_sample("jetson_layer_energy_joules_total", {"model": model, "layer": layer},
+                              snap.energy_j[key])
+            seconds.add_metric(list(key), snap.active_s.get(key, 0.0))
+        yield energy
+        yield seconds
+        yield CounterMetricFamily(
+            "jetson_exporter_layer_series_evicted",
+            "Layer series dropped to keep the label sets bounded (least recently updated model first).",
+            value=snap.evicted_total)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _per_rail(name: str, doc: str, values: dict) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=["rail"])
+    for rail, value in sorted(values.items()):
+        family.add_metric([rail], value)
+    return family

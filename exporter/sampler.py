@@ -1,0 +1,311 @@
+"""The one thread that owns a power source: samples it, integrates energy, buffers history.
+
+Integration rule (sample-and-hold sensors): an INA3221/INA238 value is the
+average over the sensor's last conversion period, which lies *before* the
+instant it is read.  So reading k is charged over the interval since the
+previous reading, (t_{k-1}, t_k]: power is a step function that takes the
+value of the next reading.  Sources with a hardware energy counter (NVML,
+RAPL) are integrated from counter deltas instead, which is exact.
+
+A failed read never kills the thread: it counts the error, marks the sensor
+down, retries with backoff and does not integrate across the gap (a held
+value says nothing about the time the sensor was away); the skipped time is
+counted in ``gap_seconds_total``.
+"""
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from .ringbuffer import RingBuffer
+from .sources.base import PowerSource, Reading
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 1.0
+GAP_PERIODS = 5  # a pause longer than this many sample periods is a gap, not an interval
+MIN_GAP_S = 0.1  # ...but never shorter than this: a scheduler hiccup is not a sensor fault
+JITTER_WINDOW = 1000
+
+
+class WindowError(ValueError):
+    """The requested energy window is not (or not yet) inside the buffer."""
+
+
+@dataclass(frozen=True)
+class WindowEnergy:
+    start: float
+    end: float
+    total_joules: float
+    rail_joules: Dict[str, float]
+    samples: int
+    covered_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end - self.start
+
+    @property
+    def mean_watts(self) -> float:
+        """Mean power over the time the sensor actually covered."""
+        return self.total_joules / self.covered_s if self.covered_s > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class Sample:
+    timestamp: float
+    total_watts: float
+    rails: Dict[str, float]
+
+
+@dataclass(frozen=True)
+class SamplerSnapshot:
+    """Everything a scrape needs, copied under one lock so it is consistent."""
+
+    reading: Optional[Reading]
+    up: bool
+    samples_total: int
+    errors_total: int
+    energy_joules: float
+    rail_energy_joules: Dict[str, float]
+    gap_seconds: float
+    sample_interval_s: Optional[float]
+    sensor_interval_s: Optional[float]
+    jitter_p99_s: Optional[float]
+    period_s: float
+    last_error: str = ""
+    buffer_span_s: float = 0.0
+    rails: tuple = field(default_factory=tuple)
+
+
+class Sampler:
+    def __init__(self, source: PowerSource, sample_hz: float = 100.0, buffer_s: float = 600.0):
+        if not (sample_hz > 0 and math.isfinite(sample_hz)):
+            raise ValueError("sample_hz must be a positive number, got %r" % (sample_hz,))
+        if not (buffer_s > 0 and math.isfinite(buffer_s)):
+            raise ValueError("buffer_s must be a positive number of seconds, got %r" % (buffer_s,))
+        self.source = source
+        hz = sample_hz
+        if source.update_interval_s:
+            # Sampling faster than the sensor produces values only re-reads held values.
+            hz = min(hz, 1.0 / source.update_interval_s)
+        self.period_s = 1.0 / hz
+        self.buffer_s = buffer_s
+        self._capacity = int(buffer_s * hz) + 16
+        self._max_gap_s = max(GAP_PERIODS * self.period_s, MIN_GAP_S)
+        self._lock = threading.Lock()
+        self._new_sample = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._listeners: List[Callable[[float, float, float], None]] = []
+        self._buffer: Optional[RingBuffer] = None
+        self._reading: Optional[Reading] = None
+        self._up = False
+        self._samples = 0
+        self._errors = 0
+        self._energy: List[float] = []
+        self._covered = 0.0
+        self._gap_s = 0.0
+        self._last_t: Optional[float] = None  # last good sample, None after a failure
+        self._last_counter: Optional[float] = None
+        self._last_seen_t: Optional[float] = None  # last sample ever, for gap accounting
+        self._interval_ema: Optional[float] = None
+        self._sensor_ema: Optional[float] = None
+        self._last_change_t: Optional[float] = None
+        self._jitter: deque = deque(maxlen=JITTER_WINDOW)
+        self._last_error = ""
+        self._ready = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> "Sampler":
+        self._thread = threading.Thread(target=self._run, name="power-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.source.close()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once the first good sample is in."""
+        return self._ready.wait(timeout)
+
+    def add_listener(self, listener: Callable[[float, float, float], None]) -> None:
+        """Call ``listener(start, end, joules)`` for every integrated interval (sampler thread)."""
+        self._listeners.append(listener)
+
+    # -- the loop --------------------------------------------------------
+    def _run(self) -> None:
+        next_t = time.monotonic()
+        failures = 0
+        while not self._stop.is_set():
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # clock_nanosleep: far finer than Event.wait
+            woke = time.monotonic()
+            try:
+                reading = self.source.read()
+            except Exception as exc:  # a sensor fault of any kind must not kill the thread
+                failures += 1
+                self._record_failure(exc, first=failures == 1)
+                backoff = min(self.period_s * (2 ** min(failures, 16)), MAX_BACKOFF_S)
+                self._stop.wait(backoff)
+                next_t = time.monotonic()
+                continue
+            if failures:
+                log.info("sensor back after %d failed reads", failures)
+                failures = 0
+            self._jitter.append(abs(woke - next_t))
+            self._ingest(reading)
+            next_t += self.period_s
+            now = time.monotonic()
+            if next_t < now:  # overran (GIL, slow sensor): resume the grid from now
+                next_t = now + self.period_s
+
+    def _record_failure(self, exc: Exception, first: bool) -> None:
+        message = "%s: %s" % (type(exc).__name__, exc)
+        with self._lock:
+            self._errors += 1
+            self._up = False
+            self._last_t = None
+            self._last_counter = None
+            self._last_error = message
+        if first:
+            log.warning("sensor read failed (%s); retrying with backoff", message)
+
+    def _ingest(self, reading: Reading) -> None:
+        t = reading.timestamp
+        with self._lock:
+            if self._last_seen_t is not None and t <= self._last_seen_t:
+                return  # the source handed back a reading we already have
+            if self._buffer is None:
+                self._buffer = RingBuffer(self._capacity, sorted(reading.rails))
+                self._energy = [0.0] * (1 + len(self._buffer.rails))
+            rails = self._buffer.rails
+            start = t
+            dt = 0.0 if self._last_t is None else t - self._last_t
+            counter = reading.energy_joules
+            if self._last_t is not None:
+                if counter is not None and self._last_counter is not None and counter >= self._last_counter:
+                    start = self._last_t  # hardware counter: exact across any pause
+                elif dt <= self._max_gap_s and counter is None:
+                    start = self._last_t
+            if start == t and self._last_seen_t is not None:
+                self._gap_s += t - self._last_seen_t
+            span = t - start
+            watts = [reading.total_watts] + [reading.rails.get(r, 0.0) for r in rails]
+            joules_now = 0.0
+            if span > 0:
+                joules_now = (counter - self._last_counter) if counter is not None else watts[0] * span
+                self._energy[0] += joules_now
+                for n in range(1, len(watts)):
+                    self._energy[n] += watts[n] * span
+                self._covered += span
+            self._buffer.append(t, start, watts, self._energy, self._covered)
+            if self._last_seen_t is not None and span > 0:
+                self._interval_ema = _ema(self._interval_ema, span)
+            if self._reading is None or reading.total_watts != self._reading.total_watts:
+                if self._last_change_t is not None and span > 0:
+                    self._sensor_ema = _ema(self._sensor_ema, t - self._last_change_t)
+                self._last_change_t = t
+            self._reading = reading
+            self._last_t = t
+            self._last_seen_t = t
+            self._last_counter = counter
+            self._samples += 1
+            self._up = True
+            self._new_sample.notify_all()
+        self._ready.set()
+        if span > 0:
+            for listener in self._listeners:
+                listener(start, t, joules_now)
+
+    # -- queries ---------------------------------------------------------
+    def snapshot(self) -> SamplerSnapshot:
+        with self._lock:
+            reading = self._reading
+            # A read that hangs also means the sensor is down, not only one that raises.
+            stale = self._last_t is None or time.monotonic() - self._last_t > 2 * self.period_s + 0.05
+            buf = self._buffer
+            rails = buf.rails if buf else ()
+            jitter = sorted(self._jitter)
+            return SamplerSnapshot(
+                reading=reading,
+                up=self._up and not stale,
+                samples_total=self._samples,
+                errors_total=self._errors,
+                energy_joules=self._energy[0] if self._energy else 0.0,
+                rail_energy_joules=dict(zip(rails, self._energy[1:])),
+                gap_seconds=self._gap_s,
+                sample_interval_s=self._interval_ema,
+                sensor_interval_s=self._sensor_ema,
+                jitter_p99_s=jitter[int(0.99 * (len(jitter) - 1))] if jitter else None,
+                period_s=self.period_s,
+                last_error=self._last_error,
+                buffer_span_s=(buf.newest_time() - buf.oldest_time()) if buf and buf.size else 0.0,
+                rails=rails,
+            )
+
+    def energy(self, start: float, end: float, wait_s: float = 1.0) -> WindowEnergy:
+        """Joules in [start, end] (monotonic seconds), exact for the integrated step function."""
+        if not (math.isfinite(start) and math.isfinite(end)) or end < start:
+            raise WindowError("window needs finite start <= end, got start=%r end=%r" % (start, end))
+        deadline = time.monotonic() + wait_s
+        with self._new_sample:
+            while self._buffer is None or self._buffer.newest_time() < end:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    newest = self._buffer.newest_time() if self._buffer else None
+                    raise WindowError(
+                        "window end %.3f is after the newest sample (%s); the sensor may be down"
+                        % (end, "none yet" if newest is None else "%.3f" % newest)
+                    )
+                self._new_sample.wait(remaining)
+            buf = self._buffer
+            if start < buf.oldest_time():
+                raise WindowError(
+                    "window start %.3f is before the oldest buffered sample %.3f (buffer holds %.0f s)"
+                    % (start, buf.oldest_time(), self.buffer_s)
+                )
+            e0, c0 = buf.cumulative_at(start)
+            e1, c1 = buf.cumulative_at(end)
+            count = buf.first_after(end) - buf.first_after(start)
+            return WindowEnergy(
+                start=start,
+                end=end,
+                total_joules=e1[0] - e0[0],
+                rail_joules={r: e1[n + 1] - e0[n + 1] for n, r in enumerate(buf.rails)},
+                samples=count,
+                covered_s=c1 - c0,
+            )
+
+    def begin_window(self) -> float:
+        """Zeus-style: mark the start of a measurement window."""
+        return time.monotonic()
+
+    def end_window(self, start: float, wait_s: float = 1.0) -> WindowEnergy:
+        return self.energy(start, time.monotonic(), wait_s=wait_s)
+
+    def samples(self, since: float, limit: Optional[int] = None) -> List[Sample]:
+        """Buffered samples with timestamp > ``since``, oldest first."""
+        with self._lock:
+            buf = self._buffer
+            if buf is None:
+                return []
+            first = buf.first_after(since)
+            if limit is not None:
+                first = max(first, buf.size - limit)
+            return [Sample(t, w[0], buf.rail_dict(w)) for t, w in buf.rows(first)]
+
+
+def _ema(previous: Optional[float], value: float, alpha: float = 0.05) -> float:
+    return value if previous is None else previous + alpha * (value - previous)

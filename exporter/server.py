@@ -1,0 +1,269 @@
+"""HTTP front of the daemon: /metrics, the landing page, health, the window API and the write API.
+
+Reads are open; writes (the profiler's layer events and results) are taken
+from loopback clients, or from remote ones that present the bearer token of
+``--write-token-file``.  Every client error is a 4xx with a one-line JSON
+reason; a handler never lets an exception escape as a traceback.
+"""
+
+import hmac
+import html
+import ipaddress
+import json
+import logging
+import math
+import socket
+import ssl
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, Optional, Tuple
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client.exposition import choose_encoder
+
+from . import validate
+from .collector import PowerCollector
+from .layers import LayerBoard, LayerLimitError
+from .sampler import Sampler, WindowError
+
+log = logging.getLogger(__name__)
+
+SOCKET_TIMEOUT_S = 10.0  # a client that stalls mid-request frees its thread after this
+MAX_SAMPLES_PER_RESPONSE = 20000
+
+
+class _OpenMetricsView:
+    """What prometheus_client's encoder calls ``collect()`` on, in OpenMetrics mode."""
+
+    def __init__(self, collector: PowerCollector):
+        self._collector = collector
+
+    def collect(self):
+        return self._collector.collect(openmetrics=True)
+
+
+class ExporterServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    allow_reuse_address = True
+
+    def __init__(self, address: Tuple[str, int], sampler: Sampler, layers: LayerBoard,
+                 write_token: Optional[str] = None, tls: Optional[ssl.SSLContext] = None):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, Handler)
+        self.sampler = sampler
+        self.layers = layers
+        self.collector = PowerCollector(sampler, layers)
+        self.openmetrics_view = _OpenMetricsView(self.collector)
+        self.write_token = write_token
+        self.tls = tls
+
+    def finish_request(self, request, client_address):
+        # TLS handshake in the request's own thread, so a slow client cannot stall accept().
+        if self.tls is not None:
+            request.settimeout(SOCKET_TIMEOUT_S)
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request, client_address):
+        log.debug("connection from %s ended abnormally", client_address[0], exc_info=True)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ExporterServer
+    server_version = "jetson-power-exporter"
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_S
+
+    def log_message(self, format, *args):  # noqa: A002 - signature fixed by the base class
+        log.debug("%s %s", self.client_address[0], format % args)
+
+    # -- plumbing --------------------------------------------------------
+    def _send(self, status: int, body: bytes, content_type: str, headers: Optional[Dict[str, str]] = None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, data: Any):
+        self._send(status, (json.dumps(data, separators=(",", ":")) + "\n").encode(), "application/json")
+
+    def _error(self, status: int, reason: str):
+        self._json(status, {"error": reason})
+
+    def _dispatch(self, routes: Dict[str, Any]):
+        path = urlsplit(self.path).path
+        route = routes.get(path)
+        if route is None:
+            self._error(404, "no such endpoint %s (see / for the list)" % path[:100])
+            return
+        try:
+            route()
+        except validate.BadRequest as exc:
+            if self.command == "POST":
+                self.close_connection = True  # the body may be unread: never parse it as a request
+            self._error(exc.status, str(exc))
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            self.close_connection = True
+        except Exception:
+            log.exception("internal error on %s %s", self.command, path)
+            self.close_connection = True
+            self._error(500, "internal error; see the exporter log")
+
+    def do_GET(self):
+        self._dispatch({
+            "/metrics": self.metrics,
+            "/": self.landing,
+            "/healthz": self.healthz,
+            "/api/v1/energy": self.api_energy,
+            "/api/v1/samples": self.api_samples,
+            "/api/v1/source": self.api_source,
+        })
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        self._dispatch({"/api/v1/layer": self.api_layer, "/api/v1/results": self.api_results})
+
+    # -- reads -----------------------------------------------------------
+    def metrics(self):
+        encoder, content_type = choose_encoder(self.headers.get("Accept"))
+        view = self.server.openmetrics_view if "openmetrics" in content_type else self.server.collector
+        self._send(200, encoder(view), content_type)
+
+    def healthz(self):
+        snap = self.server.sampler.snapshot()
+        if snap.up:
+            self._send(200, b"ok\n", "text/plain; charset=utf-8")
+        else:
+            reason = snap.last_error or "no sample yet"
+            self._send(503, ("sensor down: %s\n" % reason).encode(), "text/plain; charset=utf-8")
+
+    def landing(self):
+        sampler = self.server.sampler
+        source = sampler.source
+        snap = sampler.snapshot()
+        watts = "%.3f W" % snap.reading.total_watts if snap.up and snap.reading else "sensor down"
+        banner = ""
+        if source.simulated:
+            banner = ('<p style="background:#b00;color:#fff;padding:1em;font-size:1.4em">'
+                      "SIMULATED / REPLAYED DATA &mdash; these are not measurements of real hardware "
+                      "(source %s)</p>" % html.escape(source.name))
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='2'>"
+            "<title>jetson-power-exporter</title></head><body><h1>jetson-power-exporter</h1>%s"
+            "<p>Source: <b>%s</b> &middot; board: <b>%s</b> &middot; sample period %.1f ms</p>"
+            "<p style='font-size:2em'>%s</p>"
+            "<ul><li><a href='/metrics'>/metrics</a></li><li><a href='/healthz'>/healthz</a></li>"
+            "<li><a href='/api/v1/source'>/api/v1/source</a></li>"
+            "<li>/api/v1/energy?start=T0&amp;end=T1 (monotonic seconds)</li>"
+            "<li>/api/v1/samples?since=T</li></ul></body></html>"
+        ) % (banner, html.escape(source.name), html.escape(source.board), sampler.period_s * 1e3, watts)
+        self._send(200, page.encode(), "text/html; charset=utf-8")
+
+    def _query_float(self, name: str, default: Optional[float] = None) -> float:
+        values = parse_qs(urlsplit(self.path).query).get(name)
+        if not values:
+            if default is not None:
+                return default
+            raise validate.BadRequest("missing query parameter %r (monotonic seconds of this host)" % name)
+        try:
+            value = float(values[0])
+        except ValueError:
+            raise validate.BadRequest("query parameter %r must be a number" % name) from None
+        if not math.isfinite(value):
+            raise validate.BadRequest("query parameter %r must be finite" % name)
+        return value
+
+    def api_energy(self):
+        start, end = self._query_float("start"), self._query_float("end")
+        try:
+            window = self.server.sampler.energy(start, end, wait_s=2 * self.server.sampler.period_s + 0.5)
+        except WindowError as exc:
+            raise validate.BadRequest(str(exc), 422) from None
+        self._json(200, {
+            "start": window.start,
+            "end": window.end,
+            "total_joules": window.total_joules,
+            "rails": window.rail_joules,
+            "samples": window.samples,
+            "mean_watts": window.mean_watts if window.covered_s > 0 else None,
+            "covered_seconds": window.covered_s,
+        })
+
+    def api_samples(self):
+        since = self._query_float("since", default=0.0)
+        sampler = self.server.sampler
+        rows = sampler.samples(since, limit=MAX_SAMPLES_PER_RESPONSE)
+        self._json(200, {
+            "source": sampler.source.name,
+            "simulated": sampler.source.simulated,
+            "update_interval_s": sampler.source.update_interval_s,
+            "samples": [{"t": s.timestamp, "total_w": s.total_watts, "rails": s.rails} for s in rows],
+        })
+
+    def api_source(self):
+        sampler = self.server.sampler
+        info = dict(sampler.source.describe())
+        info["sample_period_s"] = sampler.period_s
+        info["simulated"] = sampler.source.simulated
+        info["update_interval_s"] = sampler.source.update_interval_s
+        self._json(200, info)
+
+    # -- writes ----------------------------------------------------------
+    def _authorized_body(self) -> Dict[str, Any]:
+        if not is_loopback(self.client_address[0]):
+            token = self.server.write_token
+            if token is None:
+                raise validate.BadRequest(
+                    "writes from remote hosts are refused; start the daemon with --write-token-file "
+                    "and send 'Authorization: Bearer <token>'", 403)
+            offered = self.headers.get("Authorization", "")
+            if not hmac.compare_digest(offered.encode(), ("Bearer " + token).encode()):
+                raise validate.BadRequest("missing or wrong bearer token", 401)
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise validate.BadRequest("Content-Length is required", 411)
+        try:
+            size = int(length)
+        except ValueError:
+            raise validate.BadRequest("Content-Length must be an integer") from None
+        if size < 0:
+            raise validate.BadRequest("Content-Length must not be negative")
+        if size > validate.MAX_BODY_BYTES:
+            self.close_connection = True
+            raise validate.BadRequest("body is %d bytes; the limit is %d" % (size, validate.MAX_BODY_BYTES), 413)
+        return validate.parse_json(self.rfile.read(size))
+
+    def api_layer(self):
+        event = validate.layer_event(self._authorized_body())
+        try:
+            self.server.layers.layer_event(**event)
+        except LayerLimitError as exc:
+            raise validate.BadRequest(str(exc), 422) from None
+        self._json(200, {"ok": True})
+
+    def api_results(self):
+        data = validate.results(self._authorized_body())
+        try:
+            self.server.layers.set_results(data["model"], data["layers"], replace=data["replace"])
+        except LayerLimitError as exc:
+            raise validate.BadRequest(str(exc), 422) from None
+        self._json(200, {"ok": True, "layers": len(data["layers"])})
