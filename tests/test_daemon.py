@@ -1,0 +1,176 @@
+"""The real daemon as a subprocess: metrics, negotiation, window API, write API, lifecycle, bad input."""
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.sources.replay import trace_energy_joules
+from tests.daemon import ROOT, Daemon, free_port, write_trace
+
+OPENMETRICS = "application/openmetrics-text;version=1.0.0"
+
+
+def promtool_check(text: str) -> str:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool missing: `make test` installs the Debian prometheus package")
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    return (result.stdout + result.stderr).strip()
+
+
+def test_metrics_are_clean_in_both_formats_and_label_the_simulation():
+    with Daemon("--source", "sim") as daemon:
+        time.sleep(0.3)
+        daemon.post("/api/v1/layer", {"model": "vgg11", "index": 3, "layer": "Conv2d_3", "op": "Conv2d",
+                                      "state": "begin"})
+        daemon.post("/api/v1/results", {"model": "vgg11", "layers": [
+            {"index": 3, "layer": "Conv2d_3", "op": "Conv2d", "energy_j": 0.01, "dynamic_energy_j": 0.004,
+             "duration_s": 0.002, "power_w": 5.0}]})
+        time.sleep(0.1)
+        text = daemon.metrics()
+        assert promtool_check(text) == ""
+        names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+        for name in ("jetson_power_total_watts", "jetson_power_rail_watts", "jetson_power_rail_volts",
+                     "jetson_power_rail_amperes", "jetson_energy_joules_total", "jetson_energy_rail_joules_total",
+                     "jetson_power_up", "jetson_power_samples_total", "jetson_power_sensor_errors_total",
+                     "jetson_power_sample_interval_seconds", "jetson_power_source_info",
+                     "jetson_exporter_build_info", "jetson_profiler_active_layer", "jetson_layer_energy_joules",
+                     "jetson_layer_energy_joules_total", "jetson_layer_active_seconds_total"):
+            assert name in names, name
+        assert "_created" not in text
+        assert daemon.value("jetson_power_source_info", source="sim", simulated="true") == 1.0
+        assert daemon.value("jetson_profiler_active_layer", model="vgg11", index="0003", layer="Conv2d_3") == 1.0
+
+        status, headers, om = daemon.get("/metrics", {"Accept": OPENMETRICS})
+        assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
+        assert om.rstrip().endswith("# EOF")
+        families = {f.name: f for f in parse_openmetrics(om)}
+        assert families["jetson_energy_joules"].type == "counter"
+        # promtool lints only the text format; Prometheus itself scrapes OpenMetrics (test_deploy_prometheus)
+        assert families["jetson_layer_energy_joules"].type == "gauge"
+
+        status, _, page = daemon.get("/")
+        assert status == 200 and "SIMULATED" in page and "/metrics" in page and " W" in page
+
+
+def test_energy_counter_and_window_api_match_a_replayed_trace(tmp_path):
+    rows = [(0.0, 3.0), (0.35, 7.5), (0.8, 1.25), (1.1, 5.0), (1.6, 9.5), (1.9, 2.0), (2.4, 0.0)]
+    path = write_trace(str(tmp_path / "trace.csv"), rows, rails={"VDD_GPU": [1, 4, 0.5, 2, 6, 1, 0]})
+    exact, exact_rails = trace_energy_joules(path)
+    with Daemon("--source", "replay:" + path, "--sample-hz", "100") as daemon:
+        started = time.monotonic()
+        time.sleep(0.25)
+        first = daemon.get("/api/v1/samples?since=0")[2]
+        import json
+
+        t0 = json.loads(first)["samples"][0]["t"]
+        time.sleep(max(0.0, 2.4 + 0.5 - (time.monotonic() - started)))
+        assert daemon.value("jetson_power_up") == 0.0
+        assert daemon.get("/healthz")[0] == 503
+        assert daemon.value("jetson_energy_joules_total") == pytest.approx(exact, rel=0.005)
+        assert daemon.value("jetson_energy_rail_joules_total", rail="VDD_GPU") == pytest.approx(
+            exact_rails["VDD_GPU"], rel=0.005)
+        assert daemon.value("jetson_power_total_watts") is None, "no stale watts while the sensor is down"
+        # trace seconds [0.35, 1.6]: 7.5*0.45 + 1.25*0.3 + 5*0.5; t0 is within a few ms of trace time 0
+        status, _, body = daemon.get("/api/v1/energy?start=%r&end=%r" % (t0 + 0.35, t0 + 1.6))
+        window = json.loads(body)
+        assert status == 200, body
+        assert window["total_joules"] == pytest.approx(7.5 * 0.45 + 1.25 * 0.3 + 5 * 0.5, rel=0.02)
+        assert window["covered_seconds"] == pytest.approx(1.25, abs=1e-6)
+        assert window["samples"] >= 100
+        status, _, body = daemon.get("/api/v1/energy?start=%r&end=%r" % (t0 - 100, t0))
+        assert status == 422 and "before the oldest" in json.loads(body)["error"]
+        assert daemon.get("/api/v1/energy?start=abc&end=1")[0] == 400
+        assert daemon.get("/api/v1/energy")[0] == 400
+
+
+def test_write_api_validates_and_integrates_layer_energy():
+    with Daemon("--source", "sim") as daemon:
+        ok = {"model": "resnet18", "index": 7, "layer": "ReLU_7", "op": "ReLU", "state": "begin"}
+        assert daemon.post("/api/v1/layer", ok)[0] == 200
+        time.sleep(0.5)
+        assert daemon.post("/api/v1/layer", dict(ok, state="end"))[0] == 200
+        time.sleep(0.1)
+        joules = daemon.value("jetson_layer_energy_joules_total", model="resnet18", layer="ReLU_7")
+        seconds = daemon.value("jetson_layer_active_seconds_total", model="resnet18", layer="ReLU_7")
+        assert seconds == pytest.approx(0.5, abs=0.08)
+        assert 1.0 * seconds < joules < 8.0 * seconds  # the simulated Nano draws 1.3-7 W
+        assert daemon.values("jetson_profiler_active_layer") == []
+
+        for bad, reason in [
+            (dict(ok, state="middle"), "state"),
+            (dict(ok, index=-1), "index"),
+            (dict(ok, index=True), "index"),
+            (dict(ok, layer="x" * 129), "longer than 128"),
+            (dict(ok, model='a"b'), "may only use"),
+            (dict(ok, extra=1), "unknown field"),
+            ([1, 2], "JSON object"),
+        ]:
+            status, body = daemon.post("/api/v1/layer", bad)
+            assert status == 400 and reason in body["error"], (bad, body)
+        status, body = daemon.post("/api/v1/layer", b"[" * 100 + b"]" * 100)
+        assert status == 400 and "nested" in body["error"]
+        status, body = daemon.post("/api/v1/results", b"{" + b" " * 70000 + b"}")
+        assert status == 413
+        status, body = daemon.post("/api/v1/results", {"model": "m", "layers": [
+            {"index": 0, "layer": "L", "op": "Conv2d", "energy_j": float("inf"), "dynamic_energy_j": 0,
+             "duration_s": 0, "power_w": 0}]})
+        assert status == 400 and "finite" in body["error"]
+        assert promtool_check(daemon.metrics()) == ""
+
+
+def test_sigterm_exits_cleanly_within_two_seconds():
+    daemon = Daemon("--source", "sim").__enter__()
+    started = time.monotonic()
+    code, stderr = daemon.stop(signal.SIGTERM)
+    assert code == 0 and time.monotonic() - started < 2.0
+    assert "Traceback" not in stderr
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "exporter"] + list(args), cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, env=env)
+
+
+def assert_one_line_error(result, code, *fragments):
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_bad_config_unknown_key_port_in_use_and_missing_source(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("source: sim\nsampel_hz: 50\n")
+    assert_one_line_error(run_cli("--config", str(bad)), 2, "unknown key 'sampel_hz'")
+    bad.write_text("sample_hz: -5\n")
+    assert_one_line_error(run_cli("--config", str(bad)), 2, "sample_hz", "positive")
+    bad.write_text("source: [sim\n")
+    assert_one_line_error(run_cli("--config", str(bad)), 2, "not valid YAML")
+    assert_one_line_error(run_cli("--config", str(tmp_path / "nope.yaml")), 2, "cannot read config file")
+    assert_one_line_error(run_cli("--listen", "nonsense"), 2, "HOST:PORT")
+    assert_one_line_error(run_cli("--source", "hwmon", "--sysfs-root", str(tmp_path)), 1, "cannot open source")
+    assert_one_line_error(run_cli("--source", "bogus"), 1, "unknown source")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_one_line_error(run_cli("--source", "sim", "--listen", "127.0.0.1:%d" % port), 1, "cannot listen")
+
+
+def test_environment_overrides_the_file_and_flags_override_both(tmp_path):
+    config = tmp_path / "config.yaml"
+    port = free_port()
+    config.write_text("source: hwmon\nsysfs_root: %s\nlisten: 127.0.0.1:%d\n" % (tmp_path, port))
+    with Daemon("--config", str(config), env={"JETSON_POWER_SOURCE": "sim"}, port=port) as daemon:
+        assert daemon.value("jetson_power_source_info", source="sim") == 1.0
+    env = dict(__import__("os").environ, JETSON_POWER_SAMPLE_HZ="fast")
+    assert_one_line_error(run_cli("--source", "sim", env=env), 2, "JETSON_POWER_SAMPLE_HZ")
