@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,15 +33,18 @@ class Daemon:
         full_env.update(env or {})
         full_env.setdefault("PYTHONPATH", ROOT)
         self.args = [sys.executable, "-m", "exporter", "--listen", "%s:%d" % (host, self.port)] + list(args)
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        # A file, not a pipe: a chatty daemon must never block on a full pipe buffer.
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=full_env, stdout=self._log, stderr=self._log,
+                                     text=True)
         self.wait_healthy = wait_healthy
+        self._output: Optional[str] = None
 
     def __enter__(self) -> "Daemon":
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("daemon exited %s: %s" % (self.proc.returncode, self.proc.stderr.read()))
+                raise RuntimeError("daemon exited %s: %s" % (self.proc.returncode, self.stop()[1]))
             try:
                 status, _, _ = self.get("/healthz")
                 if status == 200 or (not self.wait_healthy and status == 503):
@@ -55,6 +59,7 @@ class Daemon:
         self.stop()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> Tuple[int, str]:
+        """Stop the daemon (idempotent); returns its exit code and everything it printed."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -62,11 +67,11 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        stderr = self.proc.stderr.read() if self.proc.stderr else ""
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
-        return self.proc.returncode, stderr
+        if self._output is None:
+            self._log.seek(0)
+            self._output = self._log.read()
+            self._log.close()
+        return self.proc.returncode, self._output
 
     def get(self, path: str, headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], str]:
         request = urllib.request.Request(self.url + path, headers=headers or {})

@@ -174,3 +174,37 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path):
         assert daemon.value("jetson_power_source_info", source="sim") == 1.0
     env = dict(__import__("os").environ, JETSON_POWER_SAMPLE_HZ="fast")
     assert_one_line_error(run_cli("--source", "sim", env=env), 2, "JETSON_POWER_SAMPLE_HZ")
+
+
+def test_hwmon_values_changed_while_running_show_up_in_metrics(tmp_path):
+    from tests.sysfs_boards import build_board
+
+    board = build_board(str(tmp_path), "agx_orin")
+    with Daemon("--source", "hwmon", "--sysfs-root", str(tmp_path)) as daemon:
+        assert daemon.value("jetson_power_total_watts") == pytest.approx(board.expected_total_w, rel=1e-6)
+        assert daemon.value("jetson_power_source_info", source="hwmon", simulated="false") == 1.0
+        watts = board.set_rail("VDD_GPU_SOC", watts=12.5)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if daemon.value("jetson_power_rail_watts", rail="VDD_GPU_SOC") == pytest.approx(watts, rel=1e-6):
+                break
+            time.sleep(0.05)
+        assert daemon.value("jetson_power_rail_watts", rail="VDD_GPU_SOC") == pytest.approx(watts, rel=1e-6)
+        assert daemon.value("jetson_power_total_watts") == pytest.approx(board.expected_total_w, rel=1e-6)
+        assert daemon.value("jetson_power_rail_volts", rail="VDD_GPU_SOC") == pytest.approx(
+            board.volts["VDD_GPU_SOC"])
+
+
+def test_auto_prefers_the_monitors_and_falls_back_to_the_labelled_simulation(tmp_path):
+    from tests.sysfs_boards import build_board
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"PATH": "/usr/bin:/bin"}  # no tegrastats
+    with Daemon("--source", "auto", "--sysfs-root", str(empty), "--log-level", "info", env=env) as daemon:
+        assert daemon.value("jetson_power_source_info", source="sim", simulated="true") == 1.0
+        _, log = daemon.stop()
+    assert "auto: skipped hwmon" in log and "auto: using sim" in log
+    build_board(str(tmp_path / "orin"), "orin_nano")
+    with Daemon("--source", "auto", "--sysfs-root", str(tmp_path / "orin"), env=env) as daemon:
+        assert daemon.value("jetson_power_source_info", source="hwmon", simulated="false") == 1.0

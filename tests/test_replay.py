@@ -1,0 +1,108 @@
+"""Replay source: CSV parsing, exact trace energy, real-time playback, end of trace."""
+
+import time
+
+import pytest
+
+from exporter.sources import SensorReadError, SourceUnavailable, TraceEnded, open_source
+from exporter.sources.replay import TraceFormatError, load_trace, trace_energy_joules
+
+
+def write(tmp_path, text, name="trace.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_trace_energy_is_the_step_function_integral(tmp_path):
+    path = write(
+        tmp_path,
+        "time_s,total_w,GPU_w,CPU_w\n"
+        "0.0,2.0,0.5,1.0\n"
+        "0.5,4.0,1.5,2.0\n"
+        "2.0,3.0,1.0,1.0\n"
+        "2.5,99.0,99.0,99.0\n",  # the last row only marks the end
+    )
+    total, rails = trace_energy_joules(path)
+    assert total == pytest.approx(2.0 * 0.5 + 4.0 * 1.5 + 3.0 * 0.5)
+    assert rails == pytest.approx({"GPU": 0.25 + 2.25 + 0.5, "CPU": 0.5 + 3.0 + 0.5})
+
+
+def test_profiler_columns_are_ignored(tmp_path):
+    path = write(
+        tmp_path,
+        "trial,time_s,layer,total_w,POM_5V_GPU_w,energy_j\n"
+        "0,10.0,conv1,5.0,2.0,x\n"
+        "0,10.1,relu,6.0,3.0,\n"
+        "0,10.3,fc,1.0,1.0,y\n",
+    )
+    trace = load_trace(path)
+    assert list(trace.rails) == ["POM_5V_GPU"]
+    total, rails = trace_energy_joules(path)
+    assert total == pytest.approx(5.0 * 0.1 + 6.0 * 0.2)
+    assert rails["POM_5V_GPU"] == pytest.approx(2.0 * 0.1 + 3.0 * 0.2)
+
+
+def test_playback_in_real_time_then_trace_ends(tmp_path):
+    path = write(tmp_path, "time_s,total_w,GPU_w\n5.0,2.0,1.0\n5.6,7.0,4.0\n6.2,0.0,0.0\n")
+    source = open_source("replay:" + path)
+    opened = time.monotonic()
+    assert source.simulated is True
+    assert source.board == "replay of trace.csv"
+    assert source.update_interval_s == pytest.approx(0.6)
+    assert source.describe()["simulated"] == "true"
+
+    first = source.read()
+    assert (first.total_watts, first.rails) == (2.0, {"GPU": 1.0})
+    assert first.energy_joules is None
+    time.sleep(max(0.0, opened + 0.9 - time.monotonic()))  # middle of the second row
+    second = source.read()
+    assert (second.total_watts, second.rails) == (7.0, {"GPU": 4.0})
+    assert second.timestamp > first.timestamp
+    time.sleep(max(0.0, opened + 1.3 - time.monotonic()))
+    with pytest.raises(TraceEnded, match="ended after 1.2 s"):
+        source.read()
+    with pytest.raises(SensorReadError):  # stays down
+        source.read()
+    source.close()
+
+
+def test_update_interval_is_median_spacing(tmp_path):
+    path = write(tmp_path, "time_s,total_w\n0,1\n0.01,1\n0.02,1\n0.03,1\n1.0,1\n")
+    assert open_source("replay:" + path).row_spacing_s == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "trace.csv: empty file"),
+        ("0.0,1.0\n0.1,2.0\n", "trace.csv line 1: header must name time_s and total_w"),
+        ("time_s,GPU_w\n0,1\n1,1\n", "line 1: header must name time_s and total_w"),
+        ("time_s,total_w\n0.0,1.0\n0.1,abc\n0.2,1.0\n", "trace.csv line 3: total_w 'abc' is not a number"),
+        ("time_s,total_w,GPU_w\n0.0,1.0,1\n0.1,2.0,nan\n", "line 3: GPU_w 'nan' is not a finite number"),
+        ("time_s,total_w\n0.0,1.0\n0.5,1.0\n0.4,1.0\n", "line 4: time_s 0.4 is not after the previous row's 0.5"),
+        ("time_s,total_w\n0.0,1.0\n0.0,1.0\n", "line 3: time_s 0 is not after"),
+        ("time_s,total_w\n0.0,1.0\n0.1\n", "line 3: expected 2 columns, got 1"),
+        ("time_s,total_w\n0.0,1.0\n", "needs at least two data rows"),
+    ],
+)
+def test_bad_files_name_the_line(tmp_path, text, message):
+    path = write(tmp_path, text)
+    for call in (load_trace, trace_energy_joules, lambda p: open_source("replay:" + p)):
+        with pytest.raises(TraceFormatError) as info:
+            call(path)
+        assert message in str(info.value)
+        assert "\n" not in str(info.value)
+        assert isinstance(info.value, SourceUnavailable) and isinstance(info.value, ValueError)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SourceUnavailable, match="cannot read .*nope.csv"):
+        open_source("replay:" + str(tmp_path / "nope.csv"))
+    with pytest.raises(ValueError):
+        trace_energy_joules(str(tmp_path / "nope.csv"))
+
+
+def test_blank_lines_and_spaces_are_tolerated(tmp_path):
+    path = write(tmp_path, "time_s, total_w\n\n0, 1.5\n1, 2\n\n")
+    assert trace_energy_joules(path) == (1.5, {})
