@@ -11,6 +11,11 @@ SI units.  Facts that shape the code:
   force as ``update_interval_s``.
 * The client wakes on a shared event and, after a timeout, re-delivers the
   last sample; the sample's ``uptime`` tells a repeat from new data.
+* read() hands out each sample once, stamped when the client delivered it.
+  With nothing new within 1.5 intervals it returns the last sample again,
+  same timestamp; after 4 intervals + 1 s without one, or when the client
+  loses the service, it raises SensorReadError and a later read reconnects
+  (in a helper thread, so no read waits much longer than one interval).
 * jtop's ``avg`` fields are a running (new + old) / 2, not a mean: unused.
 * Importing jtop forces multiprocessing's start method to ``fork`` for the
   whole process; we put the previous setting back.
@@ -18,6 +23,7 @@ SI units.  Facts that shape the code:
 jetson-stats is AGPL: it is imported, never copied.
 """
 
+import functools
 import importlib.util
 import logging
 import multiprocessing
@@ -40,6 +46,8 @@ READ_WAIT_INTERVALS = 1.5
 STALE_INTERVALS = 4
 # Least time between two reconnection attempts (each builds a jtop client).
 RECONNECT_GAP_S = 1.0
+# open() gives up when the service has not answered by then.
+OPEN_TIMEOUT_S = 5.0
 
 
 def _load_client_class():
@@ -94,7 +102,12 @@ def _to_reading(power: Dict[str, Any], stamp: float) -> Optional[Reading]:
 
 
 class JtopSource(PowerSource):
-    """Readings pushed by the jtop client thread, handed out once each."""
+    """Readings pushed by the jtop client thread, handed out once each.
+
+    Connecting runs in a helper thread: the client's handshake has no
+    timeout, and a hung service must not hang the sampler.  Every client
+    gets a token; callbacks from a client that was dropped are ignored.
+    """
 
     name = "jtop"
 
@@ -104,55 +117,82 @@ class JtopSource(PowerSource):
         self.update_interval_s = interval_s
         self._cond = threading.Condition()
         self._client = None  # type: Any
+        self._token = 0
+        self._closed = False
+        self._connector = None  # type: Optional[threading.Thread]
+        self._connect_error = None  # type: Optional[str]
+        self._next_attempt = 0.0
         self._latest = None  # type: Optional[Reading]
         self._latest_uptime = None  # type: Any
         self._seq = 0
         self._returned_seq = 0
-        self._next_attempt = 0.0
-        self._connect()
+        self._begin_connect()
+        self._connector.join(OPEN_TIMEOUT_S)
+        client = self._client
+        if client is None:
+            self.close()
+            raise SensorReadError(
+                self._connect_error or "the jtop service did not answer within %g s" % OPEN_TIMEOUT_S
+            )
         if self._latest is None:
             self.close()
             raise SensorReadError("the jtop service reports no power monitor on this board")
-        self.board = _board_name(self._client.board.get("hardware", {}))
+        self.board = _board_name(client.board.get("hardware", {}))
 
-    def _connect(self) -> None:
-        if not os.path.exists(SOCKET_PATH):
-            raise SensorReadError("jtop service socket %s not found (is jtop.service running?)" % SOCKET_PATH)
+    def _begin_connect(self) -> None:
+        with self._cond:
+            self._token += 1
+            token = self._token
+            self._connect_error = None
+        self._next_attempt = now() + RECONNECT_GAP_S
+        self._connector = threading.Thread(
+            target=self._connect, args=(token,), name="jtop-connect", daemon=True
+        )
+        self._connector.start()
+
+    def _connect(self, token: int) -> None:
+        """Connector thread: start a client; publish it unless the source moved on meanwhile."""
         client = self._client_class(interval=self._requested_s)
-        client.attach(self._on_data)
-        self._client = client
+        client.attach(functools.partial(self._on_data, token))
         try:
             client.start()
         except Exception as exc:  # the client raises JtopException, OSError, EOFError, queue.Empty
-            self._drop()
-            raise SensorReadError("cannot connect to the jtop service: %s" % _describe_error(exc)) from exc
+            client.close()
+            with self._cond:
+                self._connect_error = "cannot connect to the jtop service: %s" % _describe_error(exc)
+            return
         interval = float(client.interval)
+        with self._cond:
+            current = token == self._token and not self._closed
+            if current:
+                self._client = client
+                self.update_interval_s = interval
+        if not current:
+            client.close()
+            return
         if abs(interval - self._requested_s) > 1e-6:
             log.warning(
                 "jtop service updates every %g s, not the requested %g s "
                 "(another client started it first)", interval, self._requested_s,
             )
-        self.update_interval_s = interval
 
-    def _on_data(self, jetson) -> None:
+    def _on_data(self, token: int, jetson) -> None:
         """Client-thread callback: keep a sample only if the service took a new one."""
-        if jetson is not self._client:
-            return
         stamp = now()
         uptime = jetson.uptime
-        if uptime == self._latest_uptime:
-            return
         reading = _to_reading(jetson.power, stamp)
-        if reading is None:
-            return
         with self._cond:
+            if token != self._token or reading is None or uptime == self._latest_uptime:
+                return
             self._latest = reading
             self._latest_uptime = uptime
             self._seq += 1
             self._cond.notify_all()
 
     def _drop(self) -> None:
-        client, self._client = self._client, None
+        with self._cond:
+            self._token += 1
+            client, self._client = self._client, None
         if client is not None:
             client.close()
 
@@ -171,15 +211,28 @@ class JtopSource(PowerSource):
             reason = _describe_error(exc)
         raise self._fail("lost the jtop service: %s" % reason)
 
+    def _reconnect(self):
+        """The new client, or SensorReadError; waits at most one interval."""
+        connector = self._connector
+        if connector is None or not connector.is_alive():
+            if now() < self._next_attempt:
+                raise SensorReadError(self._connect_error or "jtop service unavailable; reconnecting")
+            if not os.path.exists(SOCKET_PATH):
+                self._next_attempt = now() + RECONNECT_GAP_S
+                raise SensorReadError("jtop service socket %s not found" % SOCKET_PATH)
+            self._begin_connect()
+            connector = self._connector
+        connector.join(self.update_interval_s)
+        client = self._client
+        if client is None:
+            raise SensorReadError(self._connect_error or "connecting to the jtop service")
+        log.info("reconnected to the jtop service (new sample every %g s)", self.update_interval_s)
+        return client
+
     def read(self) -> Reading:
         client = self._client
         if client is None:
-            if now() < self._next_attempt:
-                raise SensorReadError("jtop service unavailable; reconnecting")
-            self._next_attempt = now() + RECONNECT_GAP_S
-            self._connect()
-            client = self._client
-            log.info("reconnected to the jtop service (every %g s)", self.update_interval_s)
+            client = self._reconnect()
         self._check_alive(client)
         with self._cond:
             self._cond.wait_for(
@@ -197,6 +250,7 @@ class JtopSource(PowerSource):
         return latest
 
     def close(self) -> None:
+        self._closed = True
         self._drop()
 
 
