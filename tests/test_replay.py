@@ -44,32 +44,60 @@ def test_profiler_columns_are_ignored(tmp_path):
 
 
 def test_playback_in_real_time_then_trace_ends(tmp_path):
-    path = write(tmp_path, "time_s,total_w,GPU_w\n5.0,2.0,1.0\n5.6,7.0,4.0\n6.2,0.0,0.0\n")
+    path = write(tmp_path, "time_s,total_w,GPU_w\n5.0,2.0,1.0\n5.5,7.0,4.0\n6.5,0.0,0.0\n")
     source = open_source("replay:" + path)
     opened = time.monotonic()
     assert source.simulated is True
     assert source.board == "replay of trace.csv"
-    assert source.update_interval_s == pytest.approx(0.6)
     assert source.describe()["simulated"] == "true"
+    assert source.describe()["trace_duration_s"] == "1.5"
 
-    first = source.read()
+    first = source.read()  # no previous read: the value at that instant
     assert (first.total_watts, first.rails) == (2.0, {"GPU": 1.0})
     assert first.energy_joules is None
-    time.sleep(max(0.0, opened + 0.9 - time.monotonic()))  # middle of the second row
-    second = source.read()
-    assert (second.total_watts, second.rails) == (7.0, {"GPU": 4.0})
-    assert second.timestamp > first.timestamp
-    time.sleep(max(0.0, opened + 1.3 - time.monotonic()))
-    with pytest.raises(TraceEnded, match="ended after 1.2 s"):
+    time.sleep(max(0.0, opened + 0.7 - time.monotonic()))
+    crossing = source.read()  # mean over a span that crosses from row 0 into row 1
+    assert 2.0 < crossing.total_watts < 7.0
+    assert crossing.rails["GPU"] == pytest.approx((crossing.total_watts - 2.0) / 5.0 * 3.0 + 1.0)
+    time.sleep(max(0.0, opened + 1.1 - time.monotonic()))
+    inside = source.read()  # both ends inside row 1
+    assert (inside.total_watts, inside.rails) == (pytest.approx(7.0), {"GPU": pytest.approx(4.0)})
+    time.sleep(max(0.0, opened + 1.6 - time.monotonic()))
+    last = source.read()  # crosses the end: stamped at the end
+    assert last.timestamp == pytest.approx(first.timestamp + 1.5, abs=0.01)
+    with pytest.raises(TraceEnded, match="ended after 1.5 s"):
         source.read()
     with pytest.raises(SensorReadError):  # stays down
         source.read()
     source.close()
 
 
-def test_update_interval_is_median_spacing(tmp_path):
+def test_readings_reproduce_the_trace_energy(tmp_path):
+    rows = ["time_s,total_w,CPU_w"] + ["%.3f,%g,%g" % (0.05 * i, 1 + (i * 7) % 5, (i * 3) % 4) for i in range(13)]
+    path = write(tmp_path, "\n".join(rows) + "\n")
+    total, rails = trace_energy_joules(path)
+    source = open_source("replay:" + path)
+    readings = [source.read()]
+    while True:
+        time.sleep(0.013)
+        try:
+            readings.append(source.read())
+        except TraceEnded:
+            break
+    # The sampler charges reading k over (t_{k-1}, t_k]; the part before the first read is missing.
+    head = readings[0].timestamp - (readings[-1].timestamp - 0.6)
+    got = sum(b.total_watts * (b.timestamp - a.timestamp) for a, b in zip(readings, readings[1:]))
+    got_cpu = sum(b.rails["CPU"] * (b.timestamp - a.timestamp) for a, b in zip(readings, readings[1:]))
+    assert 0 <= head < 0.05
+    assert got == pytest.approx(total - readings[0].total_watts * head, abs=1e-9)
+    assert got_cpu == pytest.approx(rails["CPU"] - readings[0].rails["CPU"] * head, abs=1e-9)
+
+
+def test_row_spacing_is_the_median(tmp_path):
     path = write(tmp_path, "time_s,total_w\n0,1\n0.01,1\n0.02,1\n0.03,1\n1.0,1\n")
-    assert open_source("replay:" + path).row_spacing_s == pytest.approx(0.01)
+    source = open_source("replay:" + path)
+    assert source.row_spacing_s == pytest.approx(0.01)
+    assert source.describe()["trace_row_spacing_s"] == "0.01"
 
 
 @pytest.mark.parametrize(

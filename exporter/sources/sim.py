@@ -52,6 +52,14 @@ def cpu_times(path: str = PROC_STAT) -> Tuple[int, int]:
     return busy, busy + idle + iowait
 
 
+def measure(rng: random.Random, watts: float, volts: float) -> Tuple[float, float, float]:
+    """One INA3221 channel reading of a true (watts, volts): (W, V, A) with mW / mV / mA resolution."""
+    millivolts = round(volts * 1000.0 * (1.0 + rng.gauss(0.0, 0.0004)))
+    milliamps = round(watts / volts * 1000.0 * (1.0 + rng.gauss(0.0, NOISE)))
+    milliwatts = round(millivolts * milliamps / 1000.0)
+    return milliwatts / 1000.0, millivolts / 1000.0, milliamps / 1000.0
+
+
 class CpuLoad:
     """CPU utilisation over a sliding window of ``/proc/stat`` snapshots.
 
@@ -99,13 +107,6 @@ class SimulatedNano(PowerSource):
         self._tick = -1
         self._held: Tuple[Dict[str, float], Dict[str, float], Dict[str, float]] = ({}, {}, {})
 
-    def _measure(self, watts: float, volts: float) -> Tuple[float, float, float]:
-        """One INA3221 channel: (W, V, A) with mV / mA / mW quantisation."""
-        millivolts = round(volts * 1000.0 * (1.0 + self._rng.gauss(0.0, 0.0004)))
-        milliamps = round(watts / volts * 1000.0 * (1.0 + self._rng.gauss(0.0, NOISE)))
-        milliwatts = round(millivolts * milliamps / 1000.0)
-        return milliwatts / 1000.0, millivolts / 1000.0, milliamps / 1000.0
-
     def _update(self) -> None:
         try:
             load = self._load.update()
@@ -119,7 +120,7 @@ class SimulatedNano(PowerSource):
         vs: Dict[str, float] = {}
         amps: Dict[str, float] = {}
         for rail, true_watts in zip(RAILS, (cpu + gpu + rest, gpu, cpu)):
-            watts[rail], vs[rail], amps[rail] = self._measure(true_watts, volts)
+            watts[rail], vs[rail], amps[rail] = measure(self._rng, true_watts, volts)
         self._held = (watts, vs, amps)
 
     def read(self) -> Reading:
