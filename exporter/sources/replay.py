@@ -169,7 +169,7 @@ class ReplaySource(PowerSource):
         first, end = self.trace.times[0], self.trace.times[-1]
         x = first + (now() - self._start)
         previous = self._previous
-        if previous is not None and previous >= end:
+        if (previous if previous is not None else x) >= end:
             raise TraceEnded(
                 f"replay of {os.path.basename(self.path)} ended after {self.trace.duration_s:g} s"
             )

@@ -104,7 +104,7 @@ class _Child:
 
     def __init__(self, proc: "subprocess.Popen") -> None:
         self.proc = proc
-        self.started = time.monotonic()
+        self.last_line_at = time.monotonic()  # the start, until it prints
         self.latest: Optional[Union[Reading, str]] = None
         self.last_text = ""  # last line that was not a reading, for error messages
         self.bad_lines = 0  # lines without power since the last reading
@@ -174,6 +174,7 @@ class LiveTegrastats(PowerSource):
                 update = "%s: %r" % (exc, text.strip()[:200])
             with self._lock:
                 child.latest = update
+                child.last_line_at = arrived
                 if isinstance(update, Reading):
                     child.bad_lines = 0
                     self._backoff_s = self._initial_backoff_s
@@ -221,26 +222,29 @@ class LiveTegrastats(PowerSource):
             if self._child is None:
                 if now < self._restart_at:
                     raise SensorReadError("%s; restarting in %.1f s" % (self._last_exit, self._restart_at - now))
-                self._schedule_restart(now)  # in case this start fails too
-                self._spawn()
+                try:
+                    self._spawn()
+                except SensorReadError:
+                    self._schedule_restart(now)
+                    raise
             child = self._child
             assert child is not None
-            latest = child.latest
-            if child.returncode is not None:
+            latest, code = child.latest, child.returncode
+            if code is not None:
                 self._child = None
-                self._last_exit = _exit_message(child.returncode, child.last_text)
+                exit_message = self._last_exit = _exit_message(code, child.last_text)
                 self._schedule_restart(now)
-        if child.returncode is not None:
+        if code is not None:
             _reap(child)
-            raise SensorReadError(self._last_exit)
+            raise SensorReadError(exit_message)
+        silent_s = now - child.last_line_at
+        if silent_s > self._stale_after_s:
+            child.proc.kill()  # a hung tegrastats: the next read sees it exit and restarts it
+            raise SensorReadError("tegrastats printed no line for %.1f s; killed it" % silent_s)
         if latest is None:
-            if now - child.started > self._stale_after_s:
-                raise SensorReadError("tegrastats printed no line for %.1f s" % (now - child.started))
             raise SensorReadError("waiting for tegrastats' first line")
         if isinstance(latest, str):
             raise SensorReadError(latest)
-        if now - latest.timestamp > self._stale_after_s:
-            raise SensorReadError("tegrastats printed no line for %.1f s" % (now - latest.timestamp))
         return latest
 
     def _schedule_restart(self, now: float) -> None:
