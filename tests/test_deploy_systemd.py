@@ -1,0 +1,302 @@
+"""The systemd side: the unit under systemd-analyze, install.sh into a temporary root, and sd_notify
+from the real daemon to a real notify socket.
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from exporter import sdnotify
+from tests.daemon import Daemon, write_trace
+from tests.prom import ROOT
+
+UNIT_NAME = "jetson-power-exporter.service"
+UNIT = os.path.join(ROOT, "systemd", UNIT_NAME)
+INSTALL = os.path.join(ROOT, "deploy", "install.sh")
+DEFAULT_CONFIG = os.path.join(ROOT, "deploy", "config.yaml")
+MAX_EXPOSURE = 1.5
+
+
+def systemd_analyze(*args):
+    return subprocess.run(["systemd-analyze"] + list(args), capture_output=True, text=True, timeout=60)
+
+
+def install(*args, env=None):
+    full_env = dict(os.environ)
+    full_env.pop("DESTDIR", None)
+    full_env.update(env or {})
+    result = subprocess.run(["sh", INSTALL] + list(args), capture_output=True, text=True, timeout=120, env=full_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def tree(root):
+    """Relative path -> (mode, sha256) of every file under root."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                digest = hashlib.sha256(handle.read()).hexdigest()
+            out[os.path.relpath(path, root)] = (oct(os.stat(path).st_mode & 0o7777), digest)
+    return out
+
+
+# -- the unit --------------------------------------------------------------------------------
+
+
+def test_exposure_score_is_at_most_1_5():
+    result = systemd_analyze("security", "--offline=true", UNIT)
+    match = re.search(r"Overall exposure level for %s: (\d+\.\d+)" % re.escape(UNIT_NAME), result.stdout)
+    assert match, result.stdout + result.stderr
+    score = float(match.group(1))
+    assert score <= MAX_EXPOSURE, result.stdout
+    print("\nsystemd-analyze security --offline=true: exposure %.1f" % score)
+
+
+def test_unit_declares_notify_watchdog_and_identity():
+    with open(UNIT) as handle:
+        lines = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+    settings = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep:
+            settings.setdefault(key, []).append(value)
+    assert settings["Type"] == ["notify"]
+    assert settings["NotifyAccess"] == ["main"]
+    assert settings["Restart"] == ["on-failure"]
+    assert settings["WatchdogSec"] and settings["WatchdogSec"][0] != "0"
+    assert settings["DynamicUser"] == ["yes"]
+    assert settings["SupplementaryGroups"] == ["jtop"]
+    assert settings["CapabilityBoundingSet"] == [""]
+    assert settings["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
+    assert "PrivateUsers" not in settings, "PrivateUsers= would cut the service off the jtop group"
+    assert settings["ExecStart"] == [
+        "/opt/jetson-power-exporter/venv/bin/jetson-power-exporter --config /etc/jetson-power-exporter/config.yaml"]
+
+
+def build_wheel(tmp_path):
+    """A wheel of this checkout, built offline from a copy (the checkout itself stays clean)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "exporter", "profiler", "systemd", "deploy"):
+        path = os.path.join(ROOT, name)
+        if os.path.isdir(path):
+            shutil.copytree(path, str(src / name), ignore=shutil.ignore_patterns("__pycache__"))
+        elif os.path.exists(path):
+            shutil.copy(path, str(src / name))
+    readme = os.path.join(ROOT, "README.md")
+    if os.path.exists(readme):
+        shutil.copy(readme, str(src / "README.md"))
+    else:  # pyproject names it; its text does not matter to the install
+        (src / "README.md").write_text("jetson-power-exporter\n")
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(wheels), str(src)], check=True, capture_output=True, timeout=120)
+    (wheel,) = wheels.glob("*.whl")
+    return str(wheel)
+
+
+def verify_root(root):
+    """systemd-analyze verify on the installed unit, resolved inside ``root``.
+
+    The root gets copies of the host's own system units (the targets the unit is ordered
+    against); aliases are left out, their absolute links would point outside the root.
+    """
+    units = os.path.join(root, "usr", "lib", "systemd", "system")
+    if not os.path.isdir(units):
+        os.makedirs(units)
+        for entry in os.scandir("/usr/lib/systemd/system"):
+            if entry.is_file(follow_symlinks=False):
+                shutil.copy(entry.path, units)
+    return systemd_analyze("verify", "--root=" + root, os.path.join(root, "etc", "systemd", "system", UNIT_NAME))
+
+
+def test_install_into_a_venv_then_systemd_analyze_verify_is_silent(tmp_path):
+    """A real venv with the real entry point, pip offline with a wheel of this checkout."""
+    wheel = build_wheel(tmp_path)
+    root = str(tmp_path / "root")
+    out = install("--destdir", root, "--python", sys.executable, "--jtop", "no", "--package", wheel,
+                  "--pip-args", "--no-index --no-deps")
+    assert "installed %s" % os.path.basename(wheel) in out
+    entry = os.path.join(root, "opt", "jetson-power-exporter", "venv", "bin", "jetson-power-exporter")
+    assert os.access(entry, os.X_OK)
+    venv_python = os.path.join(os.path.dirname(entry), "python")
+    with open(entry) as handle:
+        assert handle.readline().strip() == "#!" + venv_python
+    # The package is in the venv (its dependencies are not: pip ran offline with --no-deps).
+    found = subprocess.run([venv_python, "-c", "import exporter.sdnotify as m; print(m.__file__)"],
+                           capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert found.stdout.startswith(os.path.join(root, "opt")), found.stdout + found.stderr
+    result = verify_root(root)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
+    # The same check catches a unit whose binary is missing: it is not silent by accident.
+    shutil.rmtree(os.path.join(root, "opt"))
+    broken = verify_root(root)
+    assert "is not executable" in broken.stderr, broken.stderr
+
+
+# -- install.sh ------------------------------------------------------------------------------
+
+
+def test_install_writes_exactly_the_documented_files(tmp_path):
+    root = str(tmp_path / "root")
+    install("--destdir", root, "--no-venv", "--jtop", "no")
+    files = tree(root)
+    assert set(files) == {
+        "etc/systemd/system/jetson-power-exporter.service",
+        "etc/systemd/system/jetson-power-exporter.service.d/10-no-jtop.conf",
+        "etc/jetson-power-exporter/config.yaml",
+    }
+    assert all(mode == "0o644" for mode, _ in files.values())
+    with open(DEFAULT_CONFIG, "rb") as handle:
+        assert files["etc/jetson-power-exporter/config.yaml"][1] == hashlib.sha256(handle.read()).hexdigest()
+    with open(UNIT, "rb") as handle:
+        assert files["etc/systemd/system/" + UNIT_NAME][1] == hashlib.sha256(handle.read()).hexdigest()
+    with open(os.path.join(root, "etc/systemd/system/jetson-power-exporter.service.d/10-no-jtop.conf")) as handle:
+        dropin = handle.read()
+    assert "[Service]\nSupplementaryGroups=\n" in dropin
+
+
+def test_install_with_jtop_has_no_dropin_and_prefix_rewrites_execstart(tmp_path):
+    root = str(tmp_path / "root")
+    install("--destdir", root, "--no-venv", "--jtop", "yes", "--prefix", "/srv/jpe")
+    files = tree(root)
+    assert not any(".service.d" in path for path in files)
+    with open(os.path.join(root, "etc/systemd/system", UNIT_NAME)) as handle:
+        unit = handle.read()
+    assert "ExecStart=/srv/jpe/venv/bin/jetson-power-exporter --config " in unit
+    assert "/opt/jetson-power-exporter" not in unit.split("[Service]")[1]
+    # Switching to a board without jetson-stats adds the reset; back again removes it.
+    install("--destdir", root, "--no-venv", "--jtop", "no", "--prefix", "/srv/jpe")
+    assert os.path.exists(os.path.join(root, "etc/systemd/system", UNIT_NAME + ".d", "10-no-jtop.conf"))
+    install("--destdir", root, "--no-venv", "--jtop", "yes", "--prefix", "/srv/jpe")
+    assert not os.path.exists(os.path.join(root, "etc/systemd/system", UNIT_NAME + ".d"))
+
+
+def test_install_is_idempotent_and_keeps_an_edited_config(tmp_path):
+    root = str(tmp_path / "root")
+    install("--destdir", root, "--no-venv", "--jtop", "no")
+    first = tree(root)
+    again = install("--destdir", root, "--no-venv", "--jtop", "no")
+    assert "wrote" not in again and "removed" not in again, again
+    assert tree(root) == first
+
+    conf = os.path.join(root, "etc", "jetson-power-exporter", "config.yaml")
+    with open(conf, "a") as handle:
+        handle.write("sample_hz: 50\n")
+    with open(conf, "rb") as handle:
+        edited = handle.read()
+    out = install("--destdir", root, "--no-venv", "--jtop", "no")
+    assert "kept edited /etc/jetson-power-exporter/config.yaml" in out
+    with open(conf, "rb") as handle:
+        assert handle.read() == edited
+    with open(conf + ".dist", "rb") as dist, open(DEFAULT_CONFIG, "rb") as default:
+        assert dist.read() == default.read()
+    assert "wrote" not in install("--destdir", root, "--no-venv", "--jtop", "no")
+
+    out = install("--destdir", root, "--uninstall")
+    assert "kept edited" in out
+    assert set(tree(root)) == {"etc/jetson-power-exporter/config.yaml"}
+    install("--destdir", root, "--uninstall", "--purge")
+    assert tree(root) == {}
+
+
+def test_uninstall_removes_an_unedited_install_completely(tmp_path):
+    root = str(tmp_path / "root")
+    install("--no-venv", "--jtop", "no", env={"DESTDIR": root})
+    assert tree(root)
+    install("--uninstall", env={"DESTDIR": root})
+    assert tree(root) == {}
+    assert not os.path.exists(os.path.join(root, "etc", "jetson-power-exporter"))
+    install("--uninstall", env={"DESTDIR": root})  # again: nothing to do, no error
+
+
+def test_install_rejects_bad_options(tmp_path):
+    for args in (["--bogus"], ["--jtop", "maybe"], ["--prefix", "relative/dir"]):
+        result = subprocess.run(["sh", INSTALL, "--destdir", str(tmp_path)] + args, capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode != 0 and result.stderr.startswith("install.sh: "), args
+
+
+# -- sd_notify -------------------------------------------------------------------------------
+
+
+def notify_socket(tmp_path, abstract):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = "jpe-test-%d-%d" % (os.getpid(), time.monotonic_ns())
+        sock.bind("\0" + name)
+        address = "@" + name
+    else:
+        address = str(tmp_path / "notify.sock")
+        sock.bind(address)
+    sock.settimeout(5)
+    return sock, address
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_notify_sends_one_datagram(tmp_path, monkeypatch, abstract):
+    sock, address = notify_socket(tmp_path, abstract)
+    with sock:
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        assert sdnotify.notify("READY=1") is True
+        assert sock.recv(4096) == b"READY=1"
+        assert sdnotify.notify("STATUS=sampling at 100 Hz\nWATCHDOG=1") is True
+        assert sock.recv(4096) == b"STATUS=sampling at 100 Hz\nWATCHDOG=1"
+
+
+def test_notify_without_systemd_is_a_no_op(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sdnotify.notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
+    assert sdnotify.notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
+    assert sdnotify.notify("READY=1") is False
+
+
+@pytest.mark.parametrize("usec, pid, expected", [
+    ("30000000", None, 15.0),
+    ("30000000", "self", 15.0),
+    ("30000000", "1", None),  # inherited from a parent systemd watches, not us
+    ("0", None, None),
+    ("", None, None),
+    ("abc", None, None),
+    ("30000000", "x", None),
+])
+def test_watchdog_period(monkeypatch, usec, pid, expected):
+    monkeypatch.setenv("WATCHDOG_USEC", usec)
+    if pid is None:
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    else:
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)
+    assert sdnotify.watchdog_period_s() == expected
+
+
+def test_daemon_sends_ready_watchdog_and_stopping(tmp_path):
+    """The real daemon under a test NOTIFY_SOCKET, as systemd would run it with WatchdogSec=0.6s."""
+    trace = write_trace(str(tmp_path / "trace.csv"), [(0.01 * k, 5.0) for k in range(3001)])
+    sock, address = notify_socket(tmp_path, abstract=True)
+    messages = []
+    with sock:
+        daemon = Daemon("--source", "replay:" + trace, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "600000"})
+        with daemon:
+            deadline = time.monotonic() + 10
+            while messages.count("WATCHDOG=1") < 3 and time.monotonic() < deadline:
+                messages.append(sock.recv(4096).decode())
+            rc, stderr = daemon.stop(signal.SIGTERM)
+            assert rc == 0, stderr
+            while "STOPPING=1" not in messages:
+                messages.append(sock.recv(4096).decode())
+    assert messages[0] == "READY=1", messages
+    assert messages.count("READY=1") == 1
+    assert messages.count("WATCHDOG=1") >= 3
+    assert messages[-1] == "STOPPING=1", messages
