@@ -63,6 +63,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("%s: cannot open source %r: %s" % (prog, settings["source"], exc), file=sys.stderr)
         return EXIT_RUNTIME
 
+    # Each sensor file read releases the GIL and must win it back; with scrape threads busy that
+    # costs up to one switch interval (5 ms by default) per syscall, which at 100 Hz is the whole period.
+    sys.setswitchinterval(0.0005)
     sampler = Sampler(source, sample_hz=settings["sample_hz"], buffer_s=settings["buffer_seconds"])
     layers = LayerBoard(max_models=settings["max_models"], max_layers=settings["max_layers"],
                         active_timeout_s=settings["active_layer_timeout"])
@@ -115,12 +118,25 @@ def _notify_systemd(sampler: Sampler, stop: threading.Event) -> None:
 def _tls_context(settings) -> Optional[ssl.SSLContext]:
     if not settings["tls_cert"]:
         return None
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = settings[key]
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise config.ConfigError("%s: cannot read %s: %s" % (key, path, exc.strerror or exc)) from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(settings["tls_cert"], settings["tls_key"])
-        if settings["tls_client_ca"]:
-            context.load_verify_locations(settings["tls_client_ca"])
-            context.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as exc:
-        raise config.ConfigError("TLS files: %s" % (getattr(exc, "strerror", None) or exc)) from None
+        raise config.ConfigError("tls_cert/tls_key: %s and %s are not a matching PEM certificate and key (%s)"
+                                 % (settings["tls_cert"], settings["tls_key"], exc)) from None
+    if settings["tls_client_ca"]:
+        try:
+            context.load_verify_locations(settings["tls_client_ca"])
+        except (OSError, ssl.SSLError) as exc:
+            raise config.ConfigError("tls_client_ca: %s is not a PEM CA bundle (%s)"
+                                     % (settings["tls_client_ca"], exc)) from None
+        context.verify_mode = ssl.CERT_REQUIRED
     return context

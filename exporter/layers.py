@@ -16,6 +16,9 @@ from typing import Dict, List, Optional, Tuple
 INDEX_WIDTH = 4  # zero-padded so dashboards sort label values in execution order
 RESULT_SERIES = 4  # energy, dynamic energy, duration, power gauges per layer result
 COUNTER_SERIES = 2  # energy and active-seconds counters per layer
+# Ended periods wait here for the sampler's next interval; while the sensor is down nothing drains
+# them, so the oldest go (they lie inside the gap, which is never integrated anyway).
+MAX_CLOSING = 10000
 
 
 def index_label(index: int) -> str:
@@ -98,11 +101,19 @@ class LayerBoard:
         self._check_index(index)
         now = time.monotonic() if now is None else now
         with self._lock:
+            known = self._models.get(model)
+            if (state == "begin" and known is not None and layer not in known.energy_j
+                    and len(known.energy_j) >= self.max_layers):
+                # the per-layer counters are keyed by name: new names are as bounded as indices
+                raise LayerLimitError(
+                    "model %s already has %d layer names, the limit (raise max_layers)" % (model, self.max_layers))
             entry = self._model(model)
             if entry.active is not None:
                 # begin of another layer, or the end of this one, closes the running period
-                self._closing.append((entry.active, now))
+                self._closing.append((entry.active, min(now, entry.active.since + self.active_timeout_s)))
                 entry.active = None
+                if len(self._closing) > MAX_CLOSING:
+                    del self._closing[:-MAX_CLOSING]
             if state == "begin":
                 entry.active = ActiveLayer(model, index, layer, op, now)
                 entry.energy_j.setdefault(layer, 0.0)
@@ -124,9 +135,10 @@ class LayerBoard:
         if span <= 0:
             return
         with self._lock:
-            periods = [(a, None) for a in self._active_list()] + list(self._closing)
+            # An unended layer is charged up to its expiry at most, even when no scrape has expired it yet.
+            periods = [(a, a.since + self.active_timeout_s) for a in self._active_list()] + list(self._closing)
             for active, until in periods:
-                overlap = min(end, until if until is not None else end) - max(start, active.since)
+                overlap = min(end, until) - max(start, active.since)
                 if overlap > 0:
                     entry = self._models.get(active.model)
                     if entry is None:
@@ -144,7 +156,7 @@ class LayerBoard:
         with self._lock:
             for entry in self._models.values():
                 if entry.active is not None and now - entry.active.since > self.active_timeout_s:
-                    self._closing.append((entry.active, now))
+                    self._closing.append((entry.active, entry.active.since + self.active_timeout_s))
                     entry.active = None
 
     def snapshot(self) -> LayersSnapshot:

@@ -14,6 +14,8 @@ import logging
 import math
 import socket
 import ssl
+import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
@@ -56,6 +58,9 @@ class ExporterServer(ThreadingHTTPServer):
         self.openmetrics_view = _OpenMetricsView(self.collector)
         self.write_token = write_token
         self.tls = tls
+        # One scrape renders at a time: the others wait on a lock (without the GIL), so however many
+        # scrapers there are, the sampler thread competes with one runnable renderer, not with all.
+        self.render_lock = threading.Lock()
 
     def finish_request(self, request, client_address):
         # TLS handshake in the request's own thread, so a slow client cannot stall accept().
@@ -86,6 +91,9 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "jetson-power-exporter"
     protocol_version = "HTTP/1.1"
     timeout = SOCKET_TIMEOUT_S
+    # Headers and body go out in two writes: with Nagle on, the body waits for the client's
+    # delayed ACK, 40 ms per keep-alive response.
+    disable_nagle_algorithm = True
 
     def log_message(self, format, *args):  # noqa: A002 - signature fixed by the base class
         log.debug("%s %s", self.client_address[0], format % args)
@@ -98,6 +106,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")  # so a keep-alive client does not reuse it
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -106,11 +116,39 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, (json.dumps(data, separators=(",", ":")) + "\n").encode(), "application/json")
 
     def _error(self, status: int, reason: str):
+        if status == 401:
+            self._send(status, (json.dumps({"error": reason}) + "\n").encode(), "application/json",
+                       {"WWW-Authenticate": 'Bearer realm="jetson-power-exporter"'})
+            return
         self._json(status, {"error": reason})
+
+    def send_error(self, code, message=None, explain=None):
+        """What the stdlib parser refuses (request line, headers, method) as a one-line JSON 4xx.
+
+        An unknown method is the client's mistake (405), and so is a request
+        line that claims an HTTP version we do not speak (400): a 5xx would
+        say the exporter is broken, and alert on it.
+        """
+        headers = {}
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed; use GET, HEAD or POST"
+            headers["Allow"] = "GET, HEAD, POST"
+        elif code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+            code = HTTPStatus.BAD_REQUEST
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":
+            # the request line did not parse: answer with a status line a client can read
+            self.request_version = self.protocol_version
+        reason = " ".join(str(message or HTTPStatus(code).phrase).split())[:200]
+        self._send(int(code), (json.dumps({"error": reason}) + "\n").encode(), "application/json", headers)
 
     def _dispatch(self, routes: Dict[str, Any]):
         path = urlsplit(self.path).path
         route = routes.get(path)
+        reads_body = self.command == "POST" and route is not None
+        if not reads_body and (self.headers.get("Transfer-Encoding")
+                               or self.headers.get("Content-Length", "0").strip() not in ("", "0")):
+            self.close_connection = True  # an unread body must never be parsed as the next request
         if route is None:
             self._error(404, "no such endpoint %s (see / for the list)" % path[:100])
             return
@@ -146,7 +184,9 @@ class Handler(BaseHTTPRequestHandler):
     def metrics(self):
         encoder, content_type = choose_encoder(self.headers.get("Accept"))
         view = self.server.openmetrics_view if "openmetrics" in content_type else self.server.collector
-        self._send(200, encoder(view), content_type)
+        with self.server.render_lock:
+            body = encoder(view)
+        self._send(200, body, content_type)
 
     def healthz(self):
         snap = self.server.sampler.snapshot()
@@ -235,9 +275,15 @@ class Handler(BaseHTTPRequestHandler):
                 raise validate.BadRequest(
                     "writes from remote hosts are refused; start the daemon with --write-token-file "
                     "and send 'Authorization: Bearer <token>'", 403)
-            offered = self.headers.get("Authorization", "")
-            if not hmac.compare_digest(offered.encode(), ("Bearer " + token).encode()):
+            scheme, _, offered = self.headers.get("Authorization", "").strip().partition(" ")
+            # the scheme name is case-insensitive (RFC 7235); the token is compared in constant time
+            if not (scheme.lower() == "bearer"
+                    and hmac.compare_digest(offered.strip().encode("utf-8", "replace"), token.encode())):
                 raise validate.BadRequest("missing or wrong bearer token", 401)
+        if self.headers.get("Transfer-Encoding"):
+            raise validate.BadRequest("Transfer-Encoding is not supported; send Content-Length", 411)
+        if len(self.headers.get_all("Content-Length") or []) > 1:
+            raise validate.BadRequest("more than one Content-Length")
         length = self.headers.get("Content-Length")
         if length is None:
             raise validate.BadRequest("Content-Length is required", 411)

@@ -1,0 +1,133 @@
+"""``jetson-power-profile``: per-layer energy of a PyTorch model on this board.
+
+Exit status: 0 done; 1 measurement stopped by a sensor/daemon failure (what
+was measured is written, marked incomplete); 2 bad input (one line on
+stderr, no files); 130 interrupted (what was measured is written, marked
+incomplete).
+"""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import warnings
+from typing import List, Optional
+
+PROG = "jetson-power-profile"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Layer-wise energy profiling of a PyTorch model.")
+    p.add_argument("--model", default="vgg11",
+                   help="torchvision classification model name, TorchScript file, or package.module:factory "
+                        "(default vgg11)")
+    p.add_argument("--weights", default="DEFAULT",
+                   help="none, DEFAULT (torchvision weights already in the torch cache; random otherwise) or a "
+                        "state-dict file (default DEFAULT)")
+    p.add_argument("--input-shape", default="1,3,224,224", help="example input shape (default 1,3,224,224)")
+    p.add_argument("--batch", type=int, default=None, help="batch size (replaces the first dimension)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--granularity", default="leaf", help="leaf, children or depth:N (default leaf)")
+    p.add_argument("--source", default="auto", help="power source spec for in-process sampling (default auto)")
+    p.add_argument("--sensor-interval-s", type=float, default=None,
+                   help="requested sensor update interval, for sources that accept one")
+    p.add_argument("--exporter", metavar="URL", default=None,
+                   help="running jetson-power-exporter: read windows from it and push live progress")
+    p.add_argument("--min-window-s", type=float, default=None,
+                   help="shortest measurement window (default from the sensor's update interval)")
+    p.add_argument("--trials", type=int, default=5, help="windows per layer, in shuffled order (default 5)")
+    p.add_argument("--estimator", choices=("settled", "shifted", "window"), default="settled",
+                   help="window energy estimator (default settled; see profiler/estimate.py)")
+    p.add_argument("--seed", type=int, default=None, help="seed for the shuffled layer order")
+    p.add_argument("--out", default="results", help="output directory (default results/)")
+    return p
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore")  # torch's deprecation chatter would bury the one-line errors
+    logging.basicConfig(level=logging.WARNING, format=PROG + ": %(message)s")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        _stderr("%s: interrupted before any measurement; nothing written" % PROG)
+        return 130
+    except Exception as exc:
+        from .errors import ProfilerError, one_line
+
+        if isinstance(exc, ProfilerError):
+            _stderr("%s: error: %s" % (PROG, exc))
+        else:
+            _stderr("%s: error: %s: %s" % (PROG, type(exc).__name__, one_line(exc)))
+        return 2
+
+
+def _run(args) -> int:
+    from .errors import ProfilerError
+
+    if args.trials < 1:
+        raise ProfilerError("--trials must be at least 1")
+    if args.min_window_s is not None and not args.min_window_s > 0:
+        raise ProfilerError("--min-window-s must be positive")
+    from .report import check_writable
+
+    check_writable(args.out)
+
+    import torch
+
+    from .capture import InputRejected, parse_granularity
+    from .core import profile
+    from .models import DTYPES, load_model, parse_shape, pick_device
+    from .report import ProgressBar
+
+    parse_granularity(args.granularity)
+    shape = parse_shape(args.input_shape, args.batch)
+    device = pick_device(args.device)
+    dtype = DTYPES[args.dtype]
+    model, name = load_model(args.model, args.weights, notice=_stderr)
+    try:
+        model = model.to(device=device, dtype=dtype)
+    except Exception as exc:
+        raise ProfilerError("cannot move %s to %s/%s: %s" % (name, device, args.dtype, exc)) from None
+    example = torch.randn(*shape, device=device, dtype=dtype)
+    options = {} if args.sensor_interval_s is None else {"interval_s": args.sensor_interval_s}
+    bar = ProgressBar(sys.stderr)
+    try:
+        result = profile(
+            model, example, source=args.source, exporter_url=args.exporter, min_window_s=args.min_window_s,
+            trials=args.trials, granularity=args.granularity, estimator=args.estimator, model_name=name,
+            seed=args.seed, progress=bar, warn=_stderr, source_options=options,
+        )
+    except InputRejected as exc:
+        raise ProfilerError("%s rejects input shape %s: %s" % (name, ",".join(map(str, shape)),
+                                                                str(exc).split(": ", 1)[-1])) from None
+    finally:
+        bar.close()
+    # A second Ctrl-C now would only lose the measurements: finish writing first.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        paths = result.write_all(args.out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(result.console_summary())
+    print("Wrote:")
+    for path in paths.values():
+        print("  " + os.path.relpath(path))
+    if result.complete:
+        return 0
+    stopped = result.meta.get("stopped_by") or "stopped"
+    _stderr("%s: %s; wrote the %d layers measured so far, marked incomplete"
+            % (PROG, stopped, sum(1 for layer in result.layers if layer.trials)))
+    return 130 if stopped == "interrupted" else 1

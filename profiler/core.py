@@ -1,0 +1,167 @@
+"""``profile()``: capture, measure and summarise one model -- the API the CLI and the benchmark share."""
+
+import datetime
+import glob
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from .capture import LayerCall, as_call, capture, detached, op_name, parse_granularity
+from .errors import ProfilerError
+from .estimate import ESTIMATORS, Estimator
+from .measure import Schedule, Unit
+from .meter import open_meter
+from .models import safe_name
+from .push import LivePush
+from .result import ProfileResult, build_result
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _first_tensor(value: Any) -> Optional[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_url: Optional[str] = None,
+            min_window_s: Optional[float] = None, trials: int = 5, granularity: str = "leaf",
+            estimator: str = "settled", model_name: Optional[str] = None, seed: Optional[int] = None,
+            progress: Optional[Callable[[int, int, str], None]] = None,
+            warn: Callable[[str], None] = _stderr, source_options: Optional[Dict[str, Any]] = None,
+            ) -> ProfileResult:
+    """Measure the energy of every layer call of ``model`` on ``example_input``.
+
+    ``example_input``: a tensor, a tuple/list of positional inputs or a dict
+    of keyword inputs, already on the model's device and dtype.
+    ``source``: a source spec (``auto``, ``sim``, ``hwmon``, ...) or any object
+    with ``read() -> exporter.sources.Reading`` (and ideally
+    ``update_interval_s``); ignored when ``exporter_url`` answers, since the
+    daemon then measures.  ``min_window_s`` defaults from the sensor's update
+    interval and the estimator (see :mod:`profiler.estimate`).
+    ``granularity``: ``leaf``, ``children`` or ``depth:N``.
+
+    Ctrl-C (KeyboardInterrupt) while measuring does not propagate: the result
+    holds what was measured and ``meta["complete"]`` is False.
+    Bad input raises :class:`profiler.ProfilerError` with a one-line message.
+    """
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ProfilerError("trials must be a positive integer, got %r" % (trials,))
+    if min_window_s is not None and not (min_window_s > 0):
+        raise ProfilerError("min_window_s must be positive, got %r" % (min_window_s,))
+    if estimator not in ESTIMATORS:
+        raise ProfilerError("unknown estimator %r: use %s" % (estimator, ", ".join(ESTIMATORS)))
+    parse_granularity(granularity)
+    name = safe_name(model_name or getattr(model, "original_name", None) or type(model).__name__)
+    started = time.time()
+
+    calls = capture(model, example_input, granularity)
+    args, kwargs = as_call(example_input)
+    whole = LayerCall(len(calls), "whole_model", "", op_name(model), model, detached(args), detached(kwargs))
+    units = [Unit(c) for c in calls] + [Unit(whole, whole_model=True)]
+
+    meter, daemon = open_meter(source, exporter_url, warn, **(source_options or {}))
+    try:
+        est = Estimator(estimator, meter.update_interval_s, meter.sample_period_s)
+        window_s = float(min_window_s) if min_window_s is not None else est.default_min_window_s()
+        tensor = _first_tensor(example_input)
+        device = tensor.device if tensor is not None else torch.device("cpu")
+        push = LivePush(exporter_url if daemon else None, name, warn)
+        schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed)
+        with torch.no_grad():
+            schedule.run()
+    finally:
+        meter.close()
+    meta = _meta(name, meter, est, window_s, trials, granularity, tensor, schedule, started)
+    result = build_result(name, schedule, est, meta)
+    push.results(result.layers)
+    return result
+
+
+def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, granularity: str,
+          tensor: Optional[torch.Tensor], schedule: Schedule, started: float) -> Dict[str, Any]:
+    info = meter.info
+    dropped = sum(1 for w in schedule.windows if w.dropped)
+    return {
+        "model": name,
+        "complete": schedule.complete,
+        "stopped_by": schedule.stopped_by or None,
+        "source": info.get("source"),
+        "board": info.get("board"),
+        "simulated": info.get("simulated") in (True, "true"),
+        "measured_via": info.get("via"),
+        "sensor_update_interval_s": est.update_interval_s,
+        "sample_period_s": est.sample_period_s,
+        "estimator": est.method,
+        "min_window_s": window_s,
+        "cooldown_s": est.cooldown_s,
+        "trials": trials,
+        "granularity": granularity,
+        "windows_dropped": dropped,
+        "nvpmodel": nvpmodel_mode(),
+        "jetson_clocks": jetson_clocks_state(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "host": platform.node(),
+        "device": str(tensor.device) if tensor is not None else "cpu",
+        "device_name": (torch.cuda.get_device_name(tensor.device)
+                        if tensor is not None and tensor.device.type == "cuda" else platform.processor() or None),
+        "dtype": str(tensor.dtype).replace("torch.", "") if tensor is not None else None,
+        "input_shape": list(tensor.shape) if tensor is not None else None,
+        "started_utc": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
+        "wall_s": time.time() - started,
+        "samples_time_origin": min((s.t for s in schedule.samples), default=None),
+    }
+
+
+def nvpmodel_mode() -> Optional[str]:
+    """The power mode name from ``nvpmodel -q`` where the tool exists (Jetson only)."""
+    tool = shutil.which("nvpmodel")
+    if tool is None:
+        return None
+    try:
+        out = subprocess.run([tool, "-q"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if "Power Mode" in line:
+            return line.split(":", 1)[-1].strip() or None
+    return None
+
+
+def jetson_clocks_state(sysfs: str = "/sys") -> Optional[str]:
+    """``on`` when the GPU's devfreq floor equals its ceiling (what jetson_clocks sets), else ``off``.
+
+    None off-Jetson or where the files cannot be read.
+    """
+    for directory in sorted(glob.glob(os.path.join(sysfs, "class", "devfreq", "*"))):
+        try:
+            with open(os.path.join(directory, "device", "of_node", "name")) as fh:
+                node = fh.read().strip("\x00\n ")
+        except OSError:
+            node = os.path.basename(os.path.realpath(directory))
+        if "gpu" not in node and "gv11b" not in node and "ga10b" not in node and "gp10b" not in node:
+            continue
+        try:
+            with open(os.path.join(directory, "min_freq")) as fh:
+                low = fh.read().strip()
+            with open(os.path.join(directory, "max_freq")) as fh:
+                high = fh.read().strip()
+        except OSError:
+            return None
+        return "on" if low == high else "off"
+    return None

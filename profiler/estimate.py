@@ -1,0 +1,164 @@
+"""Turning the sampler's power step function into the energy of one measurement window.
+
+The sensor model
+----------------
+An averaging power monitor (INA3221/INA238, and the benchmark's ground-truth
+sensor) publishes at update instants u_j = u_{j-1} + T the mean power over
+(u_{j-1}, u_j] and holds it until the next update.  The sampler reads that
+held value at its own instants t_k (period delta <= T) and charges reading k
+over (t_{k-1}, t_k].  Follow one instant s of true power: its energy lands in
+the value of the first update u_j >= s (u_j in [s, s+T)), which is read at
+some t_k in [u_j, u_j+T) and charged over (t_k - delta, t_k].  So the sampled
+step function is the true power passed through a kernel that
+  * conserves energy (every instant's energy is charged exactly once), and
+  * lasts from -delta to +2T (mean lag T - delta/2).
+
+Three estimators of the energy spent in [t0, t1] follow from that:
+
+``window`` (naive)
+    Integrate the step function over [t0, t1].  Each edge misses or gains
+    about T x (power step) -- the layer's first ~T of energy is reported after
+    t0 + T, the last ~T after t1.  The error shrinks only as T / window, so the
+    window must be ~50 sensor updates long.
+
+``shifted``
+    Integrate over [t0 + d, t1 + d] with d = T - delta/2, the kernel's mean lag.
+    A shift cannot undo the kernel's spread: for a random sensor phase the
+    kernel is a triangle of width 2T and each edge still errs by ~T/6 x step.
+    Useful when windows must follow each other with no idle gap.
+
+``settled`` (default)
+    Leave the board idle for the kernel's length before and after the window
+    and integrate over the whole response, [t0 - T - delta - m, t1 + 2T + m]
+    (m: a margin for read jitter; the extra T in front covers a late read).  Because the kernel conserves energy and
+    everything outside [t0, t1] within reach of the span is idle, the integral
+    is exactly E_window + P_idle x (span - (t1 - t0)); subtracting the idle
+    part leaves the window's energy with *no* edge error, whatever the sensor
+    phase.  What remains is sensor noise and the uncertainty of P_idle over
+    (span - window), so windows need only a few updates (noise averaging), not
+    fifty.  The price is one idle guard of ~2T between windows.
+
+    One caveat: "conserves energy" holds when the sampler reads on a regular
+    grid.  Each update's value is charged from the read before the first read
+    that shows it, so irregular reads stretch or shrink its share by the read
+    jitter j, and each power step leaves an error of about step x j.  The
+    in-process sampler therefore polls several times per update and the
+    measurement loop yields to it (see profiler.meter and profiler.measure);
+    windows with a read later than about one update are measured again.
+
+Window length defaults to ``UPDATES_PER_WINDOW[method] x T`` but never below
+``MIN_WINDOW_FLOOR_S`` (a 6.6 ms INA3221 gives 0.3 s windows; 100 ms gives
+0.5 s; the 1 s jetson-stats default gives 5 s: noise, not edges, then sets
+the length).  The idle baseline is measured with windows of the same length
+through the same estimator, so both see the same sensor.
+"""
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+ESTIMATORS = ("settled", "shifted", "window")
+UPDATES_PER_WINDOW = {"settled": 5, "shifted": 10, "window": 50}
+MIN_WINDOW_FLOOR_S = 0.3
+SETTLE_MARGIN = 0.5  # extra span, in sample periods, for read jitter
+COOLDOWN_SLACK_S = 0.01  # timer slop on top of the idle guard
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """How one window's energy is read off the sampler (see the module docstring).
+
+    ``update_interval_s`` is the sensor's update period T; ``sample_period_s``
+    the sampler's read period delta.  A source that does not declare T is
+    taken to produce a fresh value on every read (T = delta).
+    """
+
+    method: str
+    update_interval_s: float
+    sample_period_s: float
+
+    def __post_init__(self):
+        if self.method not in ESTIMATORS:
+            raise ValueError("unknown estimator %r: use %s" % (self.method, ", ".join(ESTIMATORS)))
+        if not (self.update_interval_s > 0 and self.sample_period_s > 0):
+            raise ValueError("update interval and sample period must be positive")
+
+    @property
+    def margin_s(self) -> float:
+        return SETTLE_MARGIN * self.sample_period_s
+
+    def span(self, t0: float, t1: float) -> Tuple[float, float]:
+        """The interval of the step function to integrate for a window [t0, t1]."""
+        T, delta = self.update_interval_s, self.sample_period_s
+        if self.method == "settled":
+            # a late read (up to ~T + delta apart; later ones get the window measured again) is charged
+            # back to the previous read, so the window's first energy may land that far before t0
+            return t0 - T - delta - self.margin_s, t1 + 2 * T + self.margin_s
+        if self.method == "shifted":
+            d = T - delta / 2
+            return t0 + d, t1 + d
+        return t0, t1
+
+    @property
+    def cooldown_s(self) -> float:
+        """Idle time between windows: long enough that no window's span sees the previous one."""
+        T, delta = self.update_interval_s, self.sample_period_s
+        if self.method == "settled":
+            return 3 * T + delta + 2 * self.margin_s + COOLDOWN_SLACK_S
+        return T + delta + COOLDOWN_SLACK_S
+
+    def default_min_window_s(self) -> float:
+        return max(MIN_WINDOW_FLOOR_S, UPDATES_PER_WINDOW[self.method] * self.update_interval_s)
+
+    def window_energy(self, integral_j: float, t0: float, t1: float, idle_w: float,
+                      paused_s: float = 0.0) -> Tuple[float, float]:
+        """(total, dynamic) joules of the work in window [t0, t1] from the integral over :meth:`span`.
+
+        ``paused_s``: idle pauses inside the window (the profiler's yields to
+        the sampler thread); their idle energy is not the work's.
+        ``idle_w`` may be NaN (no baseline yet): the dynamic part is then NaN
+        and, for ``settled``, so is the total (its idle part is needed to
+        remove the guard time).
+        """
+        a, b = self.span(t0, t1)
+        busy = t1 - t0 - paused_s
+        if self.method == "settled":
+            total = integral_j - idle_w * ((b - a) - busy)
+        else:
+            total = integral_j - idle_w * paused_s
+        return total, total - idle_w * busy
+
+    def mean_power(self, integral_j: float, t0: float, t1: float) -> float:
+        """Mean power of an idle window: the span's integral over the span's length."""
+        a, b = self.span(t0, t1)
+        return integral_j / (b - a)
+
+
+# Two-sided 95 % Student t quantiles, df = 1..30.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)
+
+
+def t_quantile_975(df: int) -> float:
+    """t_{0.975, df}: a table to 30, then the Cornish-Fisher expansion (error < 1e-4)."""
+    if df < 1:
+        return float("nan")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def mean_ci95(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    """Mean and half-width of its 95 % confidence interval (None with fewer than two values)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return float("nan"), None
+    mean = math.fsum(finite) / len(finite)
+    if len(finite) < 2:
+        return mean, None
+    return mean, t_quantile_975(len(finite) - 1) * statistics.stdev(finite) / math.sqrt(len(finite))

@@ -1,0 +1,254 @@
+"""Files and console output of a profile.  Every file is written atomically.
+
+A temporary file in the target directory is filled, flushed to disk and
+renamed over the final name (``os.replace``), so an interrupted or failed
+write leaves either the old file or none -- never half of one.
+"""
+
+import bisect
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from typing import Any, Callable, List, Optional, TextIO
+
+from .errors import ProfilerError, one_line
+from .result import SUMMARY_COLUMNS, ProfileResult
+
+
+def atomic_write(path: str, fill: Callable[[Any], None], binary: bool = False) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as exc:
+        raise ProfilerError("cannot write %s: %s" % (path, one_line(exc))) from None
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as fh:
+            fill(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise ProfilerError("cannot write %s: %s" % (path, one_line(exc))) from None
+        raise
+    return path
+
+
+def check_writable(out_dir: str) -> None:
+    """Fail before any measurement if results could not be saved."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".write-test-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ProfilerError("output directory %s is not writable: %s" % (out_dir, one_line(exc))) from None
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become null: JSON has no spelling for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def write_json(result: ProfileResult, path: str) -> str:
+    text = json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False)
+    return atomic_write(path, lambda fh: fh.write(text + "\n"))
+
+
+def write_summary_csv(result: ProfileResult, path: str) -> str:
+    def fill(fh: TextIO) -> None:
+        writer = csv.writer(fh)
+        writer.writerow(SUMMARY_COLUMNS)
+        for layer in result.layers:
+            writer.writerow([_cell(v) for v in layer.row().values()])
+
+    return atomic_write(path, fill)
+
+
+def write_full_csv(result: ProfileResult, path: str) -> str:
+    """Every raw sample in the replay source's format, plus the layer and trial it fell in.
+
+    The sampler charges reading k over (t_{k-1}, t_k]; the replay format holds
+    row i's power from ``time_s[i]`` to ``time_s[i+1]``.  So each row carries
+    the *start* of its interval and the power of the reading that closes it,
+    and the trace replays with exactly the energy the profiler measured.
+    ``time_s`` counts from the first sample (``meta.samples_time_origin``).
+    """
+    samples = sorted(result.samples, key=lambda s: s.t)
+    rails: List[str] = []
+    for s in samples:
+        for name in s.rails:
+            if name not in rails:
+                rails.append(name)
+    windows = sorted(result.windows, key=lambda w: w.t0)
+    starts = [w.t0 for w in windows]
+
+    def where(t: float):
+        i = bisect.bisect_left(starts, t) - 1
+        if i >= 0 and windows[i].t0 < t <= windows[i].t1:
+            return windows[i].label, windows[i].trial
+        return "", ""
+
+    def fill(fh: TextIO) -> None:
+        writer = csv.writer(fh)
+        writer.writerow(["time_s", "total_w"] + [r + "_w" for r in rails] + ["layer", "trial"])
+        if not samples:
+            return
+        origin = samples[0].t
+        rows = [(samples[k - 1].t, samples[k]) for k in range(1, len(samples))]
+        rows.append((samples[-1].t, samples[-1]))
+        for start, s in rows:
+            layer, trial = where(s.t)
+            writer.writerow(["%.6f" % (start - origin), repr(s.total_w)]
+                            + [repr(s.rails[r]) if r in s.rails else "" for r in rails] + [layer, trial])
+
+    return atomic_write(path, fill)
+
+
+def write_plot(result: ProfileResult, path: str) -> str:
+    """Horizontal bars, one per layer call in execution order, dynamic part stacked on the idle part.
+
+    The figure grows with the layer count (a fixed height per bar), so 150+
+    layers stay readable; the error bar is the 95 % CI of the total energy.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    layers = [layer for layer in result.layers if layer.trials]
+    n = max(len(layers), 1)
+    height = min(max(3.0, 0.22 * n + 1.6), 300.0)
+    fig, ax = plt.subplots(figsize=(10, height))
+    try:
+        y = list(range(len(layers)))
+        scale, unit = _energy_unit(max([layer.energy_j for layer in layers] + [0.0]))
+        total = [max(layer.energy_j, 0.0) * scale for layer in layers]
+        dyn = [min(max(layer.dynamic_energy_j, 0.0) * scale, t) for layer, t in zip(layers, total)]
+        idle = [t - d for t, d in zip(total, dyn)]
+        err = [(layer.energy_ci95_j or 0.0) * scale for layer in layers]
+        ax.barh(y, idle, color="#b0b0b0", label="idle share (idle power x duration)")
+        ax.barh(y, dyn, left=idle, color="#d9534f", label="dynamic (above idle)")
+        ax.errorbar(total, y, xerr=err, fmt="none", ecolor="black", elinewidth=0.8, capsize=2, label="95 % CI")
+        ax.set_yticks(y)
+        ax.set_yticklabels(["%s  %s" % (layer.label, layer.module) for layer in layers], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_ylim(len(layers) - 0.5, -0.5) if layers else None
+        ax.set_xlim(left=0)
+        ax.set_xlabel("energy per call (%s)" % unit)
+        ax.grid(axis="x", alpha=0.3)
+        meta = result.meta
+        title = "%s: per-layer energy (%s, idle %.3f W)" % (result.model, meta.get("source", "?"),
+                                                            result.idle_power_w)
+        if not meta.get("complete", False):
+            title += " -- INCOMPLETE"
+        ax.set_title(title, fontsize=10)
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return atomic_write(path, lambda fh: fh.write(buffer.getvalue()), binary=True)
+
+
+def _energy_unit(largest: float):
+    if largest >= 1.0 or not math.isfinite(largest):
+        return 1.0, "J"
+    if largest >= 1e-3:
+        return 1e3, "mJ"
+    return 1e6, "uJ"
+
+
+def _fmt(value: Optional[float], scale: float, digits: int = 4) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return "%.*f" % (digits, value * scale)
+
+
+def console_summary(result: ProfileResult) -> str:
+    """The original profiler's lines (``Conv2d_0: Duration=... | Energy=... | Avg Power=...``), then totals."""
+    lines = []
+    for layer in result.layers:
+        lines.append(
+            "%s: Duration=%s ms | Energy=%s mJ (+/- %s, dynamic %s mJ) | Avg Power=%s W"
+            % (layer.label, _fmt(layer.duration_s, 1e3), _fmt(layer.energy_j, 1e3),
+               _fmt(layer.energy_ci95_j, 1e3), _fmt(layer.dynamic_energy_j, 1e3), _fmt(layer.power_w, 1, 3))
+        )
+    measured = [layer for layer in result.layers if layer.trials]
+    total_t = math.fsum(layer.duration_s for layer in measured)
+    total_e = math.fsum(layer.energy_j for layer in measured)
+    total_d = math.fsum(layer.dynamic_energy_j for layer in measured)
+    lines.append("Total (%d layers): Duration=%s ms | Energy=%s mJ | Dynamic Energy=%s mJ | Avg Power=%s W"
+                 % (len(measured), _fmt(total_t, 1e3), _fmt(total_e, 1e3), _fmt(total_d, 1e3),
+                    _fmt(total_e / total_t if total_t > 0 else float("nan"), 1, 3)))
+    idle = result.idle
+    lines.append("Idle power: %s W (before %s W, after %s W%s)"
+                 % (_fmt(result.idle_power_w, 1, 3), _fmt(idle.get("before_w"), 1, 3),
+                    _fmt(idle.get("after_w"), 1, 3), "; DRIFTED" if idle.get("drift_flagged") else ""))
+    whole = result.whole_model
+    if whole and whole.get("trials"):
+        coverage = whole.get("coverage")
+        lines.append("Whole model: Duration=%s ms | Energy=%s mJ | Dynamic Energy=%s mJ | layers cover %s %%"
+                     % (_fmt(whole["duration_s"], 1e3), _fmt(whole["energy_j"], 1e3),
+                        _fmt(whole["dynamic_energy_j"], 1e3), _fmt(coverage, 100, 1)))
+    if not result.complete:
+        lines.append("INCOMPLETE: %s" % (result.meta.get("stopped_by") or "stopped early"))
+    return "\n".join(lines)
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; on a pipe, a line at every tenth of the way."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30):
+        self.stream = stream
+        self.width = width
+        self.tty = stream.isatty()
+        self._decile = -1
+        self._open = False
+
+    def __call__(self, done: int, total: int, text: str) -> None:
+        fraction = done / total if total else 1.0
+        if self.tty:
+            filled = int(self.width * fraction)
+            self.stream.write("\r[%s%s] %3d%% %s" % ("#" * filled, "." * (self.width - filled),
+                                                      100 * fraction, text[:40].ljust(40)))
+            self._open = done < total
+            if not self._open:
+                self.stream.write("\n")
+        else:
+            decile = int(10 * fraction)
+            if decile == self._decile:
+                return
+            self._decile = decile
+            self.stream.write("progress: %3d%% (%d/%d) %s\n" % (100 * fraction, done, total, text))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
