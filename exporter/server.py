@@ -30,6 +30,7 @@ from .sampler import Sampler, WindowError
 log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT_S = 10.0  # a client that stalls mid-request frees its thread after this
+MAX_CONNECTIONS = 128  # one thread each: beyond this a new connection is closed at once
 MAX_SAMPLES_PER_RESPONSE = 20000
 
 
@@ -61,6 +62,21 @@ class ExporterServer(ThreadingHTTPServer):
         # One scrape renders at a time: the others wait on a lock (without the GIL), so however many
         # scrapers there are, the sampler thread competes with one runnable renderer, not with all.
         self.render_lock = threading.Lock()
+        self._connection_slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address):
+        # Bounded threads: a flood of idle (slow-loris) connections cannot exhaust the board's memory.
+        if not self._connection_slots.acquire(blocking=False):
+            log.warning("refusing a connection from %s: %d connections open", client_address[0], MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_slots.release()
 
     def finish_request(self, request, client_address):
         # TLS handshake in the request's own thread, so a slow client cannot stall accept().

@@ -13,6 +13,7 @@ import random
 import shutil
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -302,3 +303,28 @@ def test_tls_and_token_settings_are_checked_before_anything_starts(pki, tmp_path
     print("config: %d bad TLS/token/limit settings refused with exit 2, key named, no source opened"
           % (len(cases) + 1))
 
+
+
+def test_idle_connections_are_bounded_and_scrapes_still_answered():
+    from exporter.server import MAX_CONNECTIONS
+
+    with Daemon("--source", "sim") as daemon:
+        idle = []
+        try:
+            for _ in range(MAX_CONNECTIONS + 20):  # slow-loris: connect, send nothing
+                idle.append(socket.create_connection((daemon.host, daemon.port), timeout=5))
+            refused = 0
+            for sock in idle[MAX_CONNECTIONS:]:
+                sock.settimeout(2)
+                try:
+                    refused += sock.recv(1) == b""
+                except OSError:
+                    refused += 1
+            assert refused >= 20 - 2
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 5
+        while daemon.get("/healthz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemon.get("/healthz")[0] == 200
