@@ -45,7 +45,7 @@ PERIOD = 1.0 / HZ
 RECOVERY_LIMIT_S = 5.0
 OUTAGE_S = 0.6
 FAKEBIN = Path(__file__).resolve().parent / "fakebin"
-FIXTURE = Path(ROOT).parent / "shared" / "fixtures" / "tegrastats-samples.tsv"
+FIXTURE = Path(ROOT) / "tests" / "fixtures" / "tegrastats-samples.tsv"
 SUMMARY = {}  # fault -> figures, printed at the end of the module
 
 

@@ -33,7 +33,7 @@ from tests.daemon import Daemon
 from tests.sysfs_boards import build_board
 from tests.test_daemon import promtool_check
 
-FIXTURE = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "tegrastats-samples.tsv"
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tegrastats-samples.tsv"
 HTTP_REQUESTS = 10000
 SEED = int(os.environ.get("FUZZ_SEED", "20251128"))
 

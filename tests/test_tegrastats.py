@@ -15,7 +15,7 @@ from exporter.sources.rails import total_of
 from exporter.sources.tegrastats import NO_POWER_FIELDS, board_from_rails, parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "tegrastats-samples.tsv"
+FIXTURE = ROOT / "tests" / "fixtures" / "tegrastats-samples.tsv"
 FAKEBIN = Path(__file__).resolve().parent / "fakebin"
 
 with FIXTURE.open(newline="") as _handle:
