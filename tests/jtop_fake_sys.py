@@ -125,4 +125,9 @@ def private_root(work: Path, fake_sys: Path) -> Path:
     _plant(root, "/run", work / "run")
     _plant(root, "/tmp", work / "tmp")
     _plant(root, os.path.join(sys.base_prefix, "local", "jtop"), work / "config")
+    # The checkout and its venv may live under /tmp (a CI clone): keep them visible over the private /tmp.
+    checkout = Path(__file__).resolve().parent.parent
+    if checkout.is_relative_to(Path("/tmp").resolve()):
+        root.joinpath(*checkout.parts[1:]).mkdir(parents=True, exist_ok=True)
+        _mount("--bind", str(checkout), str(root.joinpath(*checkout.parts[1:])))
     return root
