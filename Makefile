@@ -41,6 +41,10 @@ test: $(STAMP) system-deps lint
 demo: $(STAMP)
 	@$(PY) -m exporter --listen 0.0.0.0:$(PORT) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; exit 0' INT TERM; \
+	for i in $$(seq 100); do \
+		$(PY) -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$(PORT)/healthz', timeout=1)" \
+			2>/dev/null && break; sleep 0.2; \
+	done; \
 	echo "exporter: http://127.0.0.1:$(PORT)/  (metrics at /metrics)"; \
 	$(PY) -m profiler --model vgg11 --exporter http://127.0.0.1:$(PORT) --out results; \
 	echo "exporter still serving on :$(PORT) — Ctrl-C to stop"; \
