@@ -163,6 +163,8 @@ def write_plot(result: ProfileResult, path: str) -> str:
         meta = result.meta
         title = "%s: per-layer energy (%s, idle %.3f W)" % (result.model, meta.get("source", "?"),
                                                             result.idle_power_w)
+        if meta.get("simulated"):
+            title += " -- SIMULATED/REPLAYED SENSOR, not a hardware measurement"
         if not meta.get("complete", False):
             title += " -- INCOMPLETE"
         ax.set_title(title, fontsize=10)
@@ -215,6 +217,9 @@ def console_summary(result: ProfileResult) -> str:
         lines.append("Whole model: Duration=%s ms | Energy=%s mJ | Dynamic Energy=%s mJ | layers cover %s %%"
                      % (_fmt(whole["duration_s"], 1e3), _fmt(whole["energy_j"], 1e3),
                         _fmt(whole["dynamic_energy_j"], 1e3), _fmt(coverage, 100, 1)))
+    if result.meta.get("simulated"):
+        lines.append("SIMULATED: source %s (%s) is simulated or replayed; these are not hardware measurements"
+                     % (result.meta.get("source"), result.meta.get("board")))
     if not result.complete:
         lines.append("INCOMPLETE: %s" % (result.meta.get("stopped_by") or "stopped early"))
     return "\n".join(lines)

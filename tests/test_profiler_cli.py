@@ -79,6 +79,7 @@ def test_vgg11_end_to_end(tmp_path):
     assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "Conv2d_0: Duration=" in proc.stdout and "| Energy=" in proc.stdout and "| Avg Power=" in proc.stdout
     assert "Total (29 layers)" in proc.stdout and "Whole model" in proc.stdout
+    assert "SIMULATED: source sim" in proc.stdout
     assert "progress:" in proc.stderr
 
 
