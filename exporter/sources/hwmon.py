@@ -26,7 +26,7 @@ import re
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .base import PowerSource, Reading, SensorReadError, SourceUnavailable, now
-from .rails import NOT_CONNECTED, input_rail, total_of
+from .rails import NOT_CONNECTED, counted_rails, input_rail
 
 __all__ = ["HwmonSource", "open"]
 
@@ -265,6 +265,7 @@ class HwmonSource(PowerSource):
         self._rails = tuple(rails)
         self.rail_names = tuple(r.name for r in rails)
         self.input_rail = input_rail(dict.fromkeys(self.rail_names, 0.0))
+        self._counted = counted_rails(self.rail_names)  # fixed per board: not worked out per read
         # Sampling faster than the fastest chip converts yields no new values.
         fastest = min(monitors, key=lambda m: m.interval_s)
         self.update_interval_s = fastest.interval_s
@@ -285,7 +286,7 @@ class HwmonSource(PowerSource):
             volts[rail.name] = v
             amperes[rail.name] = a
         stamp = now()
-        return Reading(stamp, total_of(rails), rails, volts, amperes)
+        return Reading(stamp, sum(rails[n] for n in self._counted), rails, volts, amperes)
 
     def describe(self) -> Dict[str, str]:
         facts = super().describe()

@@ -28,7 +28,7 @@ for each module family (docs.nvidia.com/jetson/archives/<release>/DeveloperGuide
   module's INA3221 rails are parts of it ("Jetson Thor Product Family").
 """
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 # Input rails, most inclusive first: when one is present it *is* the total.
 INPUT_RAILS = ("VIN", "VDD_IN", "POM_5V_IN")
@@ -49,23 +49,26 @@ def input_rail(rails: Dict[str, float]) -> Optional[str]:
     return None
 
 
+def counted_rails(names) -> List[str]:
+    """The rails whose watts make the board total, from rail names alone.
+
+    The input rail where the board has one; otherwise the parallel rails,
+    leaving out unconnected channels and rails fed from another listed rail.
+    A source with a fixed rail set computes this once, not on every read.
+    """
+    names = list(names)
+    name = input_rail(dict.fromkeys(names, 0.0))
+    if name is not None:
+        return [name]
+    present = {n.upper() for n in names}
+    return [n for n in names if n.upper() not in NOT_CONNECTED and FED_FROM.get(n.upper()) not in present]
+
+
 def total_of(rails: Dict[str, float]) -> float:
     """Board power in watts from per-rail watts (names as tegrastats/sysfs print them).
 
-    The input rail where the board has one; otherwise the sum of the parallel
-    rails, leaving out unconnected channels and rails fed from another listed
-    rail.  Raises ValueError for an empty mapping: no rails is no reading, not 0 W.
+    Raises ValueError for an empty mapping: no rails is no reading, not 0 W.
     """
     if not rails:
         raise ValueError("no power rails to total")
-    name = input_rail(rails)
-    if name is not None:
-        return rails[name]
-    present = {n.upper() for n in rails}
-    total = 0.0
-    for n, watts in rails.items():
-        key = n.upper()
-        if key in NOT_CONNECTED or FED_FROM.get(key) in present:
-            continue
-        total += watts
-    return total
+    return sum(rails[n] for n in counted_rails(rails))
