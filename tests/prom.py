@@ -222,9 +222,10 @@ PROMETHEUS_SERIES = {"up"}
 
 
 def contract_metrics():
-    with open(os.path.join(ROOT, "docs", "CONTRACTS.md")) as handle:
+    """The metrics the README documents (its "## Metrics" table)."""
+    with open(os.path.join(ROOT, "README.md")) as handle:
         text = handle.read()
-    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    section = text.split("\n## Metrics", 1)[1].split("\n## ", 1)[0]
     return set(re.findall(r"\b(jetson_[a-z_]+)", section))
 
 
