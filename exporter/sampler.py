@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 1.0
 GAP_PERIODS = 5  # a pause longer than this many sample periods is a gap, not an interval
 MIN_GAP_S = 0.1  # ...but never shorter than this: a scheduler hiccup is not a sensor fault
+HANG_SLACK_S = 0.05  # a read running this much longer than a period is a hung sensor
 JITTER_WINDOW = 1000
 
 
@@ -111,6 +112,7 @@ class Sampler:
         self._covered = 0.0
         self._gap_s = 0.0
         self._last_t: Optional[float] = None  # last good sample, None after a failure
+        self._read_started: Optional[float] = None  # set while source.read() runs
         self._last_counter: Optional[float] = None
         self._last_seen_t: Optional[float] = None  # last sample ever, for gap accounting
         self._interval_ema: Optional[float] = None
@@ -152,15 +154,18 @@ class Sampler:
             if delay > 0:
                 time.sleep(delay)  # clock_nanosleep: far finer than Event.wait
             woke = time.monotonic()
+            self._read_started = woke
             try:
                 reading = self.source.read()
             except Exception as exc:  # a sensor fault of any kind must not kill the thread
+                self._read_started = None
                 failures += 1
                 self._record_failure(exc, first=failures == 1)
                 backoff = min(self.period_s * (2 ** min(failures, 16)), MAX_BACKOFF_S)
                 self._stop.wait(backoff)
                 next_t = time.monotonic()
                 continue
+            self._read_started = None
             if failures:
                 log.info("sensor back after %d failed reads", failures)
                 failures = 0
@@ -230,11 +235,24 @@ class Sampler:
                 listener(start, t, joules_now)
 
     # -- queries ---------------------------------------------------------
+    def _stale(self, now: float) -> bool:
+        """True when the newest sample no longer stands for the sensor (caller holds the lock).
+
+        A read that hangs (a stuck I2C bus) raises nothing, so it is caught by its age: down once it
+        runs a period plus slack, which is within two periods of the fault.  A sampler that is only
+        late, starved of CPU by a burst of scrapes, is not a sensor fault: between reads it may fall
+        behind by up to the gap limit before the sensor is called down.
+        """
+        if self._last_t is None:
+            return True
+        started = self._read_started
+        if started is not None and now - started > self.period_s + HANG_SLACK_S:
+            return True
+        return now - self._last_t > self._max_gap_s
     def snapshot(self) -> SamplerSnapshot:
         with self._lock:
             reading = self._reading
-            # A read that hangs also means the sensor is down, not only one that raises.
-            stale = self._last_t is None or time.monotonic() - self._last_t > 2 * self.period_s + 0.05
+            stale = self._stale(time.monotonic())
             buf = self._buffer
             rails = buf.rails if buf else ()
             jitter = sorted(self._jitter)

@@ -131,6 +131,43 @@ def test_sensor_fault_marks_down_counts_gap_and_never_integrates_across_it():
         sampler.stop()
 
 
+def test_a_late_sampler_is_not_a_down_sensor_but_a_hung_read_is():
+    release = threading.Event()
+    hanging = threading.Event()
+
+    def power(t):
+        if hanging.is_set():
+            release.wait(5)  # a stuck I2C transfer: the read neither returns nor raises
+        return 4.0
+
+    sampler = Sampler(ScriptedSource(power), sample_hz=100).start()
+    try:
+        assert sampler.wait_ready(2)
+        time.sleep(0.1)
+        # Starved of CPU (here: of its lock) for 8 periods, under the 0.1 s gap limit: late, not down.
+        with sampler._lock:
+            time.sleep(0.08)
+            assert not sampler._stale(time.monotonic())
+        time.sleep(0.05)
+        assert sampler.snapshot().up
+        hung_at = time.monotonic()
+        hanging.set()
+        while sampler.snapshot().up and time.monotonic() - hung_at < 1:
+            time.sleep(0.002)
+        down_after = time.monotonic() - hung_at
+        assert down_after <= 2 * sampler.period_s + 0.05 + 0.01, down_after
+        assert sampler.snapshot().errors_total == 0, "a hung read is stale, not an error"
+        hanging.clear()
+        release.set()
+        deadline = time.monotonic() + 2
+        while not sampler.snapshot().up and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert sampler.snapshot().up
+    finally:
+        release.set()
+        sampler.stop()
+
+
 def test_hardware_counter_is_integrated_from_deltas():
     t0 = time.monotonic()
     # the counter says 7 W while the instantaneous power reading says 3 W
