@@ -18,6 +18,8 @@ jtop        the real jetson-stats service SIGKILLed,      a jtop.service restart
             then started again
 nvml        pynvml raises NVMLError_GPUIsLost, and the    an NVML error; a driver reload that
             energy counter restarts from 0                restarts the energy counter
+rebind      every ``hwmonN`` renumbered under the         a driver unbind/bind: the chip is
+            running daemon                                back under another hwmon index
 ==========  ===========================================  =====================================
 
 For each: ``jetson_power_up`` is 0 within two sample periods (a hang has no
@@ -238,6 +240,32 @@ def test_hwmon_fault_is_seen_reported_and_recovered(orin, fault):
     assert daemon.value("jetson_power_total_watts") == pytest.approx(board.expected_total_w, rel=1e-6)
     SUMMARY[fault] = "down seen <= %.0f ms, back %.2f s after repair, gap %.3f s counted, %d errors" % (
         detected * 1e3, back, skipped, errors)
+
+
+def test_hwmon_chip_rebound_under_a_new_index_is_found_again(orin):
+    # A driver unbind/bind (module reload, I2C recovery) brings the chip back as another hwmonN:
+    # the old files are gone for good, and no restart of the daemon may be needed.
+    board, daemon, watch = orin
+    up, _, _, gap_before = watch.scrape()
+    assert up == 1.0
+    errors_before = daemon.value("jetson_power_sensor_errors_total")
+    board.renumber_hwmon(20)
+    rebound = time.monotonic()
+    while daemon.value("jetson_power_sensor_errors_total") == errors_before:
+        assert time.monotonic() - rebound < RECOVERY_LIMIT_S, "the vanished chip was never noticed"
+        time.sleep(0.002)
+    back = watch.until(1.0, RECOVERY_LIMIT_S)
+    watts = board.set_rail(RAIL, amps=board.amperes[RAIL] + 0.25)  # written to the new hwmonN only
+    deadline = time.monotonic() + RECOVERY_LIMIT_S
+    while daemon.value("jetson_power_rail_watts", rail=RAIL) != pytest.approx(watts, rel=1e-6):
+        assert time.monotonic() < deadline, "the daemon still reads the old files"
+        time.sleep(0.01)
+    assert daemon.value("jetson_power_total_watts") == pytest.approx(board.expected_total_w, rel=1e-6)
+    _, _, _, gap_after = watch.scrape()
+    assert gap_after > gap_before, "the time between the last old and the first new sample is a gap"
+    _restore_rail(board)
+    SUMMARY["rebind"] = "found again under hwmon20/21 %.2f s after the old chip vanished, gap %.3f s counted" % (
+        back, gap_after - gap_before)
 
 
 # --- tegrastats: the child process dies, again and again ------------------------------------------

@@ -109,6 +109,42 @@ def test_hwmon_renumbering_between_boots_changes_nothing(tmp_path):
     assert second.total_watts == pytest.approx(first.total_watts)
 
 
+def test_chip_rebound_under_another_index_is_found_again_while_open(tmp_path):
+    tree = build_board(tmp_path / "sys", "agx_orin")
+    with _open(tree) as source:
+        first = source.read()
+        tree.renumber_hwmon(9)  # the driver was unbound and bound again: hwmonN is new
+        with pytest.raises(SensorReadError, match="No such file"):
+            source.read()
+        tree.set_rail("VDD_GPU_SOC", watts=4.0)
+        again = source.read()
+        assert list(again.rails) == list(first.rails)
+        assert again.rails["VDD_GPU_SOC"] == pytest.approx(tree.rails["VDD_GPU_SOC"])
+        assert again.total_watts == pytest.approx(tree.expected_total_w)
+
+
+def test_chip_back_with_other_rails_stays_down_and_says_why(tmp_path):
+    tree = build_board(tmp_path / "sys", "agx_orin")
+    with _open(tree) as source:
+        source.read()
+        tree.renumber_hwmon(9)
+        label = tree.hwmon_dirs["1-0040"] / "in1_label"
+        label.write_text("VDD_SOMETHING_ELSE\n")
+        with pytest.raises(SensorReadError, match="No such file"):
+            source.read()
+        for _ in range(2):
+            with pytest.raises(SensorReadError, match="monitors under .* changed: rails now .*VDD_SOMETHING_ELSE"):
+                source.read()
+
+
+def test_only_hwmonN_directories_are_monitors(tmp_path):
+    tree = build_board(tmp_path / "sys", "agx_orin")
+    chip = tree.hwmon_dirs["1-0041"]
+    chip.rename(chip.with_name(chip.name + ".old"))  # a leftover, not a kernel hwmon directory
+    with _open(tree) as source:
+        assert source.describe()["monitors"] == "ina3221@1-0040"
+
+
 def test_found_through_class_hwmon_alone(tmp_path):
     tree = build_board(tmp_path / "sys", "thor")
     shutil.rmtree(str(tree.root / "bus" / "i2c" / "drivers"))

@@ -17,10 +17,13 @@ world-readable files.  Three layouts exist on Jetson boards:
 Devices are found through the driver directories and the ``name`` attribute,
 never by ``hwmonN`` number: that index depends on probe order and changes
 between boots.  open() resolves the file list once; read() only re-reads the
-value files.
+value files.  When a value file is gone (the driver was unbound and bound
+again, so the chip came back under another ``hwmonN``), the next read looks
+the monitors up again and carries on if the same rails are there.
 """
 
 import builtins
+import errno
 import os
 import re
 from typing import Callable, Dict, List, Optional, Tuple
@@ -45,6 +48,11 @@ _DEFAULT_INTERVAL_S = {"ina3221x": 0.0066, "ina3221": 0.0066, "ina238": 0.050496
 _I2C_DEVICE = re.compile(r"^(\d+)-([0-9a-fA-F]{4})$")
 _IIO_DIR = re.compile(r"^iio(:device\d+|_device)$")
 _L4T_RAIL = re.compile(r"^rail_name_(\d+)$")
+_HWMON_DIR = re.compile(r"^hwmon\d+$")
+
+
+class _FileGone(SensorReadError):
+    """A value file no longer exists: the chip may be back under another path."""
 
 
 def _read_int(path: str) -> int:
@@ -56,7 +64,8 @@ def _read_int(path: str) -> int:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise SensorReadError(f"hwmon: cannot read {path}: {exc.strerror or exc}") from None
+        error = _FileGone if exc.errno in (errno.ENOENT, errno.ENODEV) else SensorReadError
+        raise error(f"hwmon: cannot read {path}: {exc.strerror or exc}") from None
     try:
         return int(data)
     except ValueError:
@@ -225,12 +234,12 @@ def _discover(root: str) -> List[_Monitor]:
     for driver, build in sorted(_HWMON_BUILDERS.items()):
         for device in _listdir(os.path.join(drivers, driver)):
             hwmon_parent = os.path.join(drivers, driver, device, "hwmon")
-            for entry in _listdir(hwmon_parent):
+            for entry in filter(_HWMON_DIR.match, _listdir(hwmon_parent)):
                 hwmon_dir = os.path.join(hwmon_parent, entry)
                 if _read_text(os.path.join(hwmon_dir, "name")) == driver:
                     add(hwmon_dir, build, device)
     class_dir = os.path.join(root, "class", "hwmon")
-    for entry in _listdir(class_dir):
+    for entry in filter(_HWMON_DIR.match, _listdir(class_dir)):
         hwmon_dir = os.path.join(class_dir, entry)
         build = _HWMON_BUILDERS.get(_read_text(os.path.join(hwmon_dir, "name")) or "")
         if build is not None:
@@ -263,6 +272,7 @@ class HwmonSource(PowerSource):
                 seen.add(rail.name)
                 rails.append(rail)
         self._rails = tuple(rails)
+        self._files_gone = False
         self.rail_names = tuple(r.name for r in rails)
         self.input_rail = input_rail(dict.fromkeys(self.rail_names, 0.0))
         self._counted = counted_rails(self.rail_names)  # fixed per board: not worked out per read
@@ -272,6 +282,25 @@ class HwmonSource(PowerSource):
         self.interval_from_driver = fastest.interval_from_driver
 
     def read(self) -> Reading:
+        if self._files_gone:
+            self._rediscover()
+        try:
+            return self._read_rails()
+        except _FileGone:
+            self._files_gone = True
+            raise
+
+    def _rediscover(self) -> None:
+        """Find the monitors again; keep going only if they carry the same rails."""
+        monitors = [m for m in _discover(self.root) if m.rails]
+        again = HwmonSource(self.root, monitors) if monitors else None
+        names = again.rail_names if again is not None else ()
+        if again is None or names != self.rail_names:
+            raise SensorReadError("hwmon: the power monitors under %s changed: rails now %s, were %s"
+                                  % (self.root, ", ".join(names) or "none", ", ".join(self.rail_names)))
+        self._monitors, self._rails, self._files_gone = again._monitors, again._rails, False
+
+    def _read_rails(self) -> Reading:
         rails = {}  # type: Dict[str, float]
         volts = {}  # type: Dict[str, float]
         amperes = {}  # type: Dict[str, float]
