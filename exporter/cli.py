@@ -100,7 +100,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _notify_systemd(sampler: Sampler, stop: threading.Event) -> None:
-    """READY=1 after the first good sample; WATCHDOG=1 while the sampler thread lives."""
+    """READY=1 after the first good sample; WATCHDOG=1 while the sampler thread lives and is not stuck.
+
+    A read that hangs for a whole ping period (a wedged I2C bus) withholds the ping, so systemd's
+    WatchdogSec restarts the daemon; a sensor that fails fast is handled by the sampler's retries.
+    """
     while not stop.is_set() and not sampler.wait_ready(0.5):
         if not sampler.alive():
             return
@@ -111,7 +115,7 @@ def _notify_systemd(sampler: Sampler, stop: threading.Event) -> None:
     if period is None:
         return
     while not stop.wait(period):
-        if sampler.alive():
+        if sampler.alive() and sampler.read_running_s() < period:
             sdnotify.notify("WATCHDOG=1")
 
 

@@ -137,6 +137,11 @@ class Sampler:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def read_running_s(self) -> float:
+        """How long the sensor read in progress has been running; 0 between reads."""
+        started = self._read_started
+        return 0.0 if started is None else max(0.0, time.monotonic() - started)
+
     def wait_ready(self, timeout: float) -> bool:
         """True once the first good sample is in."""
         return self._ready.wait(timeout)

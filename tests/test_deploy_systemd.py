@@ -300,3 +300,44 @@ def test_daemon_sends_ready_watchdog_and_stopping(tmp_path):
     assert messages.count("READY=1") == 1
     assert messages.count("WATCHDOG=1") >= 3
     assert messages[-1] == "STOPPING=1", messages
+
+
+def test_watchdog_ping_is_withheld_while_a_sensor_read_hangs(tmp_path):
+    """A read stuck in the kernel (here: open(2) of a FIFO with no writer) stops WATCHDOG=1; it resumes after."""
+    from tests.sysfs_boards import build_board
+
+    board = build_board(str(tmp_path / "sys"), "agx_orin")
+    rail = board.rail_file("VDD_GPU_SOC", "amps")
+    sock, address = notify_socket(tmp_path, abstract=True)
+    pings = []  # arrival times of WATCHDOG=1
+
+    def receive_until(deadline):
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                message = sock.recv(4096).decode()
+            except socket.timeout:
+                return
+            if message == "WATCHDOG=1":
+                pings.append(time.monotonic())
+
+    with sock, Daemon("--source", "hwmon", "--sysfs-root", str(board.root), "--sample-hz", "100",
+                      env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "600000"}) as daemon:
+        assert sock.recv(4096) == b"READY=1"
+        receive_until(time.monotonic() + 0.7)
+        assert len(pings) >= 2, pings
+        fifo = rail.with_name(".fifo")
+        os.mkfifo(str(fifo))
+        os.replace(str(fifo), str(rail))
+        hung = time.monotonic()
+        receive_until(hung + 1.5)
+        late = [t - hung for t in pings if t > hung + 0.35]  # a ping may already be on its way at 0.3 s
+        assert late == [], "WATCHDOG=1 sent while the read hung: %r" % late
+        writer = os.open(str(rail), os.O_WRONLY | os.O_NONBLOCK)
+        board.set_rail("VDD_GPU_SOC", amps=board.amperes["VDD_GPU_SOC"])
+        os.write(writer, b"1000\n")
+        os.close(writer)
+        released = time.monotonic()
+        receive_until(released + 1.0)
+        assert [t for t in pings if t > released], "no WATCHDOG=1 after the read returned"
+        assert daemon.value("jetson_power_up") == 1.0
