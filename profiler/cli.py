@@ -124,7 +124,8 @@ def _run(args) -> int:
     print(result.console_summary())
     print("Wrote:")
     for path in paths.values():
-        print("  " + os.path.relpath(path))
+        shown = os.path.relpath(path)
+        print("  " + (path if shown.startswith(os.pardir) else shown))
     if result.complete:
         return 0
     stopped = result.meta.get("stopped_by") or "stopped"

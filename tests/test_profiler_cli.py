@@ -81,6 +81,9 @@ def test_vgg11_end_to_end(tmp_path):
     assert "Total (29 layers)" in proc.stdout and "Whole model" in proc.stdout
     assert "SIMULATED: source sim" in proc.stdout
     assert "progress:" in proc.stderr
+    # The run's cwd is the checkout, the output under /tmp: the paths printed are the real ones.
+    for path in (full_csv, summary_csv, summary_json, plot):
+        assert "\n  %s\n" % path in proc.stdout, proc.stdout[-600:]
 
 
 @pytest.mark.parametrize("case", ["unknown model", "rejected shape", "missing weights", "garbage weights",
