@@ -248,12 +248,10 @@ class Sampler:
         late, starved of CPU by a burst of scrapes, is not a sensor fault: between reads it may fall
         behind by up to the gap limit before the sensor is called down.
         """
-        if self._last_t is None:
-            return True
-        started = self._read_started
-        if started is not None and now - started > self.period_s + HANG_SLACK_S:
+        if self._last_t is None or self.read_running_s() > self.period_s + HANG_SLACK_S:
             return True
         return now - self._last_t > self._max_gap_s
+
     def snapshot(self) -> SamplerSnapshot:
         with self._lock:
             reading = self._reading
