@@ -27,7 +27,7 @@ The returned :class:`BoardTree` can change a rail while a source is running
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -472,3 +472,19 @@ def build_board(root: PathLike, key: str, hwmon_start: Optional[int] = None) -> 
             _build_mainline(root, monitor, index, tree)
             index += 1
     return tree
+
+
+def hang_reads(path: Path) -> None:
+    """Make reads of a value file block, as on a hung I2C bus: a FIFO with no writer takes its place."""
+    tmp = path.with_name(".fifo")
+    os.mkfifo(str(tmp))
+    os.replace(str(tmp), str(path))
+
+
+def release_reads(path: Path, restore: Callable[[], None], data: bytes) -> None:
+    """Undo ``hang_reads``: the blocked open(2) holds the FIFO, so open its other end first, let
+    ``restore`` put a regular file back under the name, then hand the reader ``data`` and end-of-file."""
+    fd = os.open(str(path), os.O_WRONLY | os.O_NONBLOCK)
+    restore()
+    os.write(fd, data)
+    os.close(fd)

@@ -304,7 +304,7 @@ def test_daemon_sends_ready_watchdog_and_stopping(tmp_path):
 
 def test_watchdog_ping_is_withheld_while_a_sensor_read_hangs(tmp_path):
     """A read stuck in the kernel (here: open(2) of a FIFO with no writer) stops WATCHDOG=1; it resumes after."""
-    from tests.sysfs_boards import build_board
+    from tests.sysfs_boards import build_board, hang_reads, release_reads
 
     board = build_board(str(tmp_path / "sys"), "agx_orin")
     rail = board.rail_file("VDD_GPU_SOC", "amps")
@@ -326,17 +326,12 @@ def test_watchdog_ping_is_withheld_while_a_sensor_read_hangs(tmp_path):
         assert sock.recv(4096) == b"READY=1"
         receive_until(time.monotonic() + 0.7)
         assert len(pings) >= 2, pings
-        fifo = rail.with_name(".fifo")
-        os.mkfifo(str(fifo))
-        os.replace(str(fifo), str(rail))
+        hang_reads(rail)
         hung = time.monotonic()
         receive_until(hung + 1.5)
         late = [t - hung for t in pings if t > hung + 0.35]  # a ping may already be on its way at 0.3 s
         assert late == [], "WATCHDOG=1 sent while the read hung: %r" % late
-        writer = os.open(str(rail), os.O_WRONLY | os.O_NONBLOCK)
-        board.set_rail("VDD_GPU_SOC", amps=board.amperes["VDD_GPU_SOC"])
-        os.write(writer, b"1000\n")
-        os.close(writer)
+        release_reads(rail, lambda: board.set_rail("VDD_GPU_SOC", amps=board.amperes["VDD_GPU_SOC"]), b"1000\n")
         released = time.monotonic()
         receive_until(released + 1.0)
         assert [t for t in pings if t > released], "no WATCHDOG=1 after the read returned"

@@ -41,6 +41,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import ROOT, Daemon
+from tests.sysfs_boards import build_board, hang_reads, release_reads
 
 HZ = 100.0
 PERIOD = 1.0 / HZ
@@ -126,8 +127,6 @@ def check_gap_accounting(daemon, since, gap_before, gap_after, min_gap_s, thresh
 
 @pytest.fixture(scope="module")
 def orin(tmp_path_factory):
-    from tests.sysfs_boards import build_board
-
     root = tmp_path_factory.mktemp("sys")
     board = build_board(str(root), "agx_orin")
     with Daemon("--source", "hwmon", "--sysfs-root", str(root), "--sample-hz", str(HZ)) as daemon:
@@ -146,19 +145,8 @@ def _restore_rail(board):
     board.set_rail(RAIL, amps=board.amperes[RAIL])
 
 
-def _fifo_hang(path):
-    tmp = path.with_name(".fifo")
-    os.mkfifo(str(tmp))
-    os.replace(str(tmp), str(path))
-
-
 def _fifo_release(board, path):
-    # The sampler is blocked in open(2) of the FIFO: open its other end, put a regular file back
-    # under the name, then hand the blocked reader a value and end-of-file.
-    fd = os.open(str(path), os.O_WRONLY | os.O_NONBLOCK)
-    _restore_rail(board)
-    os.write(fd, b"%d\n" % int(board.amperes[RAIL] * 1000))
-    os.close(fd)
+    release_reads(path, lambda: _restore_rail(board), b"%d\n" % int(board.amperes[RAIL] * 1000))
 
 
 def _rename_chip(board, path):
@@ -190,7 +178,7 @@ FAULTS = {
     "eio": (lambda p: (p.unlink(), p.symlink_to("/proc/self/mem")), lambda b, p: (p.unlink(), _restore_rail(b)),
             False),
     "eisdir": (_dir_in_place, _undir, False),
-    "hang": (_fifo_hang, _fifo_release, True),
+    "hang": (hang_reads, _fifo_release, True),
 }
 
 
