@@ -115,8 +115,11 @@ def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, case):
 def test_sigint_writes_what_was_measured(tmp_path):
     out = str(tmp_path / "results")
     args = [a if a != "0.05" else "0.1" for a in FAST] + ["--trials", "3"]
+    # Ctrl-C at a terminal: a suite started in the background (``make test &``) inherits SIGINT
+    # ignored, and Python keeps an inherited ignore, so the child gets the terminal's default back.
     proc = subprocess.Popen([sys.executable, "-m", "profiler", "--model", "vgg11", "--out", out] + args,
-                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stderr:  # the progress lines: wait until the first layers are measured
             if "trial 1/3" in line:
