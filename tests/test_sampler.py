@@ -7,7 +7,7 @@ import time
 import pytest
 
 from exporter.ringbuffer import RingBuffer
-from exporter.sampler import Sampler, WindowError
+from exporter.sampler import HANG_SLACK_S, Sampler, WindowError
 from exporter.sources import open_source
 from exporter.sources.base import PowerSource, Reading, SensorReadError
 from exporter.sources.replay import trace_energy_joules
@@ -155,7 +155,7 @@ def test_a_late_sampler_is_not_a_down_sensor_but_a_hung_read_is():
         while sampler.snapshot().up and time.monotonic() - hung_at < 1:
             time.sleep(0.002)
         down_after = time.monotonic() - hung_at
-        assert down_after <= 2 * sampler.period_s + 0.05 + 0.01, down_after
+        assert down_after <= 2 * sampler.period_s + HANG_SLACK_S + 0.01, down_after
         assert sampler.snapshot().errors_total == 0, "a hung read is stale, not an error"
         hanging.clear()
         release.set()
