@@ -121,8 +121,9 @@ class Estimator:
                       paused_s: float = 0.0) -> Tuple[float, float]:
         """(total, dynamic) joules of the work in window [t0, t1] from the integral over :meth:`span`.
 
-        ``paused_s``: idle pauses inside the window (the profiler's yields to
-        the sampler thread); their idle energy is not the work's.
+        ``paused_s``: time inside the window that is not the work's (the
+        profiler's yields to the sampler thread, its loop, calls' hiccups
+        beyond the typical call); its idle energy is not the work's.
         ``idle_w`` may be NaN (no baseline yet): the dynamic part is then NaN
         and, for ``settled``, so is the total (its idle part is needed to
         remove the guard time).

@@ -11,6 +11,7 @@ right after it, so its own per-layer counters line up with the work.
 import bisect
 import math
 import random
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
@@ -61,7 +62,8 @@ class Window:
     resolved: bool = False
     dropped: bool = False
     longest_read_gap_s: float = 0.0
-    paused_s: float = 0.0  # yields to the sampler thread inside the window
+    paused_s: float = 0.0  # time inside the window that is not the layer's (see typical_busy_s)
+    call_times: Optional[List[float]] = None  # each call's own time (CPU), until _flush reads it
 
 
 Progress = Callable[[int, int, str], None]
@@ -147,31 +149,28 @@ class Schedule:
         self._gap()
         if not unit.whole_model:
             self.push.layer(call.index, call.label, call.op, "begin")
-        every = max(self.meter.sample_period_s / 2, 0.0005) if self.meter.in_process else 0.0
-        paused = 0.0
+        every = max(self.meter.sample_period_s / 2, 0.0005) if self.meter.in_process else math.inf
+        times: List[float] = []
         self._sync()
         t0 = time.monotonic()
-        if every:
-            next_yield = t0 + every
-            for _ in range(calls):
-                call()
-                now = time.monotonic()
-                if now >= next_yield:
-                    time.sleep(YIELD_S)
-                    next_yield = time.monotonic()
-                    paused += next_yield - now
-                    next_yield += every
-        else:
-            for _ in range(calls):
-                call()
+        next_yield = t0 + every
+        for _ in range(calls):
+            start = time.monotonic()
+            call()
+            now = time.monotonic()
+            times.append(now - start)
+            if now >= next_yield:
+                time.sleep(YIELD_S)
+                next_yield = time.monotonic() + every
         self._sync()
         t1 = time.monotonic()
         if not unit.whole_model:
             self.push.layer(call.index, call.label, call.op, "end")
         kind = "whole" if unit.whole_model else "layer"
-        # On a GPU the queued work runs on through the pauses: they are only the CPU's.
-        paused = paused if self.device.type == "cpu" else 0.0
-        self.windows.append(Window(kind, position, trial, t0, t1, call.label, calls, paused_s=paused))
+        # On a GPU a call's time is its launch, and the queued work runs on through the pauses: the whole
+        # window is the layer's.
+        self.windows.append(Window(kind, position, trial, t0, t1, call.label, calls,
+                                   call_times=times if self.device.type == "cpu" else None))
         self._tick("trial %d/%d %s" % (trial + 1, self.trials, call.label))
 
     def _flush(self, wait: bool = True) -> None:
@@ -186,6 +185,9 @@ class Schedule:
         for window in self.windows:
             if window.resolved:
                 continue
+            if window.call_times:
+                window.paused_s = window.t1 - window.t0 - typical_busy_s(window.call_times)
+                window.call_times = None
             a, b = self.estimator.span(window.t0, window.t1)
             reading = self.meter.energy(a, b)
             window.joules, window.samples, window.covered_s = reading
@@ -241,3 +243,14 @@ class Schedule:
             self._flush(wait=False)
         except MeterError:
             self.windows = [w for w in self.windows if w.resolved]
+
+
+def typical_busy_s(call_times: List[float]) -> float:
+    """The layer's share of a CPU window: calls x its typical call, the median call time (the mean if lower).
+
+    The rest of the window -- the loop's own steps, the yields, and the scheduling hiccups that make a few
+    calls far longer than the others -- is charged at idle power to no layer.  Median, not mean, for the
+    reason timeit and torch.utils.benchmark give: what is slower than typical is other work interfering.
+    """
+    mean = math.fsum(call_times) / len(call_times)
+    return len(call_times) * min(statistics.median(call_times), mean)

@@ -13,6 +13,7 @@ from torch import nn
 
 from exporter.sources import Reading
 from profiler import ProfilerError, ProfileResult, profile
+from profiler.measure import typical_busy_s
 
 
 class TrueBoard:
@@ -107,6 +108,35 @@ def test_settled_estimator_recovers_the_true_dynamic_energy():
     assert result.whole_model["coverage"] == pytest.approx(1.0, abs=0.05)
     assert result.meta["sensor_update_interval_s"] == 0.02
     assert result.meta["source"] == "truth"
+
+
+class StallingBurn(Burn):
+    """A Burn that every fourth call stalls at idle power first (the OS running something else)."""
+
+    def __init__(self, board: TrueBoard, extra_w: float, seconds: float, stall_s: float):
+        super().__init__(board, extra_w, seconds)
+        self.stall_s, self.count = stall_s, 0
+
+    def forward(self, x):
+        self.count += 1
+        if self.count % 4 == 0:
+            time.sleep(self.stall_s)
+        return super().forward(x)
+
+
+def test_a_layer_is_its_typical_call_and_hiccups_are_idle_time_of_no_layer():
+    board = TrueBoard(idle_w=3.0)
+    result = profile(nn.Sequential(StallingBurn(board, 2.0, 0.002, 0.003)).eval(), torch.zeros(4),
+                     source=AveragingSensor(board, 0.02), trials=3, model_name="stall", seed=1)
+    layer = result.layers[0]
+    assert 0.002 <= layer.duration_s < 0.0022  # the median call; the mean call is 2.75 ms
+    assert layer.dynamic_energy_j == pytest.approx(2.0 * 0.002, rel=0.03)  # the stalls draw nothing extra
+    assert layer.energy_j == pytest.approx(layer.dynamic_energy_j + 3.0 * layer.duration_s, rel=1e-6)
+
+
+def test_typical_busy_time_is_the_median_call_unless_the_mean_is_lower():
+    assert typical_busy_s([0.001] * 9 + [0.011]) == pytest.approx(10 * 0.001)  # one hiccup left out
+    assert typical_busy_s([0.001, 0.005, 0.005]) == pytest.approx(0.011)  # never more than was measured
 
 
 def test_resnet18_children_on_sim_and_writers(tmp_path):
