@@ -120,7 +120,7 @@ def window_truth_err(result, position: int, timeline: Timeline, idle_w: float, e
     for w in getattr(result, "windows", []):
         if w.kind != "layer" or w.unit != position or not w.resolved or w.dropped:
             continue
-        busy = w.t1 - w.t0 - getattr(w, "paused_s", 0.0)
+        busy = w.t1 - w.t0 - getattr(w, "unattributed_s", 0.0)
         dynamic = timeline.dynamic_energy(w.t1) - timeline.dynamic_energy(w.t0)
         per_call.append((idle_w * busy + dynamic) / w.calls)
     return rel(estimate_j, statistics.fmean(per_call)) if per_call else float("nan")

@@ -118,10 +118,10 @@ class Estimator:
                    min(NOISE_UPDATES * self.update_interval_s, NOISE_WINDOW_CAP_S))
 
     def window_energy(self, integral_j: float, t0: float, t1: float, idle_w: float,
-                      paused_s: float = 0.0) -> Tuple[float, float]:
+                      unattributed_s: float = 0.0) -> Tuple[float, float]:
         """(total, dynamic) joules of the work in window [t0, t1] from the integral over :meth:`span`.
 
-        ``paused_s``: time inside the window that is not the work's (the
+        ``unattributed_s``: time inside the window that is not the work's (the
         profiler's yields to the sampler thread, its loop, calls' hiccups
         beyond the typical call); its idle energy is not the work's.
         ``idle_w`` may be NaN (no baseline yet): the dynamic part is then NaN
@@ -129,11 +129,11 @@ class Estimator:
         remove the guard time).
         """
         a, b = self.span(t0, t1)
-        busy = t1 - t0 - paused_s
+        busy = t1 - t0 - unattributed_s
         if self.method == "settled":
             total = integral_j - idle_w * ((b - a) - busy)
         else:
-            total = integral_j - idle_w * paused_s
+            total = integral_j - idle_w * unattributed_s
         return total, total - idle_w * busy
 
     def mean_power(self, integral_j: float, t0: float, t1: float) -> float:

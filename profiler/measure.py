@@ -62,7 +62,7 @@ class Window:
     resolved: bool = False
     dropped: bool = False
     longest_read_gap_s: float = 0.0
-    paused_s: float = 0.0  # time inside the window that is not the layer's (see typical_busy_s)
+    unattributed_s: float = 0.0  # time inside the window that is not the layer's (see typical_busy_s)
     call_times: Optional[List[float]] = None  # each call's own time (CPU), until _flush reads it
 
 
@@ -186,7 +186,7 @@ class Schedule:
             if window.resolved:
                 continue
             if window.call_times:
-                window.paused_s = window.t1 - window.t0 - typical_busy_s(window.call_times)
+                window.unattributed_s = window.t1 - window.t0 - typical_busy_s(window.call_times)
                 window.call_times = None
             a, b = self.estimator.span(window.t0, window.t1)
             reading = self.meter.energy(a, b)

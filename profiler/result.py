@@ -156,10 +156,10 @@ def unit_result(schedule: Schedule, position: int, estimator: Estimator, idle_w:
     for w in schedule.windows:
         if w.unit != position or not w.resolved or w.dropped or w.kind == "idle":
             continue
-        total_j, dyn_j = estimator.window_energy(w.joules, w.t0, w.t1, idle_w, w.paused_s)
+        total_j, dyn_j = estimator.window_energy(w.joules, w.t0, w.t1, idle_w, w.unattributed_s)
         energy.append(total_j / w.calls)
         dynamic.append(dyn_j / w.calls)
-        duration.append((w.t1 - w.t0 - w.paused_s) / w.calls)
+        duration.append((w.t1 - w.t0 - w.unattributed_s) / w.calls)
         samples += w.samples
     e, e_ci = mean_ci95(energy)
     d, d_ci = mean_ci95(dynamic)
