@@ -21,8 +21,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.daemon import Daemon  # noqa: E402
-from tests.sysfs_boards import build_board  # noqa: E402
+from tests.support.daemon import Daemon  # noqa: E402
+from tests.support.sysfs_boards import build_board  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

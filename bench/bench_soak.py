@@ -35,8 +35,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.daemon import Daemon  # noqa: E402
-from tests.sysfs_boards import build_board  # noqa: E402
+from tests.support.daemon import Daemon  # noqa: E402
+from tests.support.sysfs_boards import build_board  # noqa: E402
 
 GAP_PERIODS = 5  # the sampler's own gap threshold (exporter/sampler.py), in periods
 

@@ -1,10 +1,7 @@
 """The real daemon as a subprocess: metrics, negotiation, window API, write API, lifecycle, bad input."""
 
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -12,17 +9,10 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.sources.replay import trace_energy_joules
-from tests.daemon import ROOT, Daemon, free_port, write_trace
+from tests.support.daemon import Daemon, assert_one_line_error, free_port, run_cli, write_trace
+from tests.support.prom import promtool_check
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0"
-
-
-def promtool_check(text: str) -> str:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.fail("promtool missing: `make test` installs the Debian prometheus package")
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
-    return (result.stdout + result.stderr).strip()
 
 
 def test_metrics_are_clean_in_both_formats_and_label_the_simulation():
@@ -134,19 +124,6 @@ def test_sigterm_exits_cleanly_within_two_seconds():
     assert "Traceback" not in stderr
 
 
-def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "exporter"] + list(args), cwd=ROOT, capture_output=True,
-                          text=True, timeout=30, env=env)
-
-
-def assert_one_line_error(result, code, *fragments):
-    assert result.returncode == code, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def test_bad_config_unknown_key_port_in_use_and_missing_source(tmp_path):
     bad = tmp_path / "config.yaml"
     bad.write_text("source: sim\nsampel_hz: 50\n")
@@ -177,7 +154,7 @@ def test_environment_overrides_the_file_and_flags_override_both(tmp_path):
 
 
 def test_hwmon_values_changed_while_running_show_up_in_metrics(tmp_path):
-    from tests.sysfs_boards import build_board
+    from tests.support.sysfs_boards import build_board
 
     board = build_board(str(tmp_path), "agx_orin")
     with Daemon("--source", "hwmon", "--sysfs-root", str(tmp_path)) as daemon:
@@ -196,7 +173,7 @@ def test_hwmon_values_changed_while_running_show_up_in_metrics(tmp_path):
 
 
 def test_auto_prefers_the_monitors_and_falls_back_to_the_labelled_simulation(tmp_path):
-    from tests.sysfs_boards import build_board
+    from tests.support.sysfs_boards import build_board
 
     empty = tmp_path / "empty"
     empty.mkdir()

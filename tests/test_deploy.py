@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from exporter import cli, config
-from tests import prom
+from tests.support import prom
 
 ROOT = prom.ROOT
 COMPOSE = os.path.join(ROOT, "docker-compose.yml")

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from exporter.sources.replay import trace_energy_joules
-from tests import prom
-from tests.daemon import Daemon, write_trace
+from tests.support import prom
+from tests.support.daemon import Daemon, write_trace
 
 TRACE_S = 14.0  # long enough for >= 6 scrapes while the sensor is up
 ROW_S = 0.02

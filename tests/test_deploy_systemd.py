@@ -15,8 +15,8 @@ import time
 import pytest
 
 from exporter import sdnotify
-from tests.daemon import Daemon, write_trace
-from tests.prom import ROOT
+from tests.support.daemon import Daemon, write_trace
+from tests.support.prom import ROOT
 
 UNIT_NAME = "jetson-power-exporter.service"
 UNIT = os.path.join(ROOT, "systemd", UNIT_NAME)
@@ -304,7 +304,7 @@ def test_daemon_sends_ready_watchdog_and_stopping(tmp_path):
 
 def test_watchdog_ping_is_withheld_while_a_sensor_read_hangs(tmp_path):
     """A read stuck in the kernel (here: open(2) of a FIFO with no writer) stops WATCHDOG=1; it resumes after."""
-    from tests.sysfs_boards import build_board, hang_reads, release_reads
+    from tests.support.sysfs_boards import build_board, hang_reads, release_reads
 
     board = build_board(str(tmp_path / "sys"), "agx_orin")
     rail = board.rail_file("VDD_GPU_SOC", "amps")

@@ -41,8 +41,9 @@ from pathlib import Path
 import pytest
 
 from exporter.sampler import HANG_SLACK_S
-from tests.daemon import ROOT, Daemon
-from tests.sysfs_boards import build_board, hang_reads, release_reads
+from tests.support.daemon import ROOT, Daemon
+from tests.support.jtop_fake_sys import sandbox_problem
+from tests.support.sysfs_boards import build_board, hang_reads, release_reads
 
 HZ = 100.0
 PERIOD = 1.0 / HZ
@@ -305,7 +306,7 @@ def test_nvml_error_and_counter_reset(monkeypatch):
     from exporter.layers import LayerBoard
     from exporter.server import ExporterServer
     from exporter.sources import open_source
-    from tests.test_nvml import FakeGpu, FakeNvml
+    from tests.support.nvml_fake import FakeGpu, FakeNvml
 
     gpu = FakeGpu("NVIDIA H100 80GB HBM3", 250.0)
     FakeNvml([gpu]).install(monkeypatch)
@@ -366,14 +367,8 @@ def test_nvml_error_and_counter_reset(monkeypatch):
 # --- jtop: the real jetson-stats service is killed and started again ------------------------------
 
 
-def _jtop_problem():
-    from tests.test_jtop import _sandbox_problem
-
-    return _sandbox_problem()
-
-
 def test_jtop_service_restart(tmp_path):
-    problem = _jtop_problem()
+    problem = sandbox_problem()
     if problem:
         print("jtop restart test skipped:", problem)
         pytest.skip(problem)
@@ -399,16 +394,13 @@ def test_jtop_service_restart(tmp_path):
 
 def _jtop_scenario(work: Path) -> dict:
     """Runs as PID 1 of a private mount+PID namespace, chrooted (see tests/test_jtop.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from jtop_fake_sys import build_fake_sys, private_root
-
-    from tests.test_jtop import _start_service, _stop_service
+    from tests.support.jtop_fake_sys import build_fake_sys, private_root, start_service, stop_service
 
     build_fake_sys(work / "fake_sys")
     root = private_root(work, work / "fake_sys")
     os.chroot(str(root))
     os.chdir(ROOT)
-    service = _start_service()
+    service = start_service()
     out = {}
     try:
         with Daemon("--source", "jtop", "--sensor-interval", "0.2") as daemon:
@@ -418,11 +410,11 @@ def _jtop_scenario(work: Path) -> dict:
             time.sleep(1.0)
             gap_before = watch.scrape()[3]
             killed = time.monotonic()
-            _stop_service(service)
+            stop_service(service)
             out["down_after_kill_s"] = watch.until(0.0, 10.0)
             out["healthz_while_down"] = daemon.get("/healthz")[0]
             time.sleep(1.0)
-            service = _start_service()  # returns once the socket exists
+            service = start_service()  # returns once the socket exists
             restarted = time.monotonic()
             out["outage_s"] = restarted - killed
             out["back_after_restart_s"] = watch.until(1.0, 30.0, poll_s=0.05)
@@ -432,7 +424,7 @@ def _jtop_scenario(work: Path) -> dict:
             _, log = daemon.stop()
             out["traceback"] = "Traceback" in log
     finally:
-        _stop_service(service)
+        stop_service(service)
     return out
 
 

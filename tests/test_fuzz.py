@@ -29,9 +29,9 @@ from exporter.layers import LayerBoard, LayerLimitError
 from exporter.sampler import Sampler
 from exporter.sources import SensorReadError, SourceUnavailable, hwmon, open_source
 from exporter.sources.tegrastats import NO_POWER_FIELDS, parse_line
-from tests.daemon import Daemon
-from tests.sysfs_boards import build_board
-from tests.test_daemon import promtool_check
+from tests.support.daemon import Daemon
+from tests.support.prom import promtool_check
+from tests.support.sysfs_boards import build_board
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tegrastats-samples.tsv"
 HTTP_REQUESTS = 10000

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from exporter.sources import SensorReadError, SourceUnavailable, hwmon, open_source
-from tests.sysfs_boards import BOARD_NAMES, BOARDS, EXPECTED_TOTALS, build_board
+from tests.support.sysfs_boards import BOARD_NAMES, BOARDS, EXPECTED_TOTALS, build_board
 
 MONITORED = tuple(k for k in BOARD_NAMES if BOARDS[k].monitors)
 

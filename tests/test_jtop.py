@@ -4,16 +4,14 @@ The service (``jtop --force`` with JTOP_SERVICE=1 and JTOP_TESTING=1) reads
 its INA3221 from ``/fake_sys`` and puts its socket in ``/run``.  To leave the
 host untouched, the whole scenario runs in a child process started with
 ``unshare --mount --pid``: this file, run as a script, builds a private root
-(tests/jtop_fake_sys.py), chroots into it, drives the service and the source,
+(tests/support/jtop_fake_sys.py), chroots into it, drives the service and the source,
 and prints what it saw as JSON for the tests below to check.  The PID
 namespace makes sure no service process outlives the scenario.
 """
 
-import importlib.util
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,33 +20,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.jtop_fake_sys import (
+    SERVICE_LOG,
+    build_fake_sys,
+    private_root,
+    sandbox_problem,
+    set_rail,
+    start_service,
+    stop_service,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 INTERVAL_S = 0.2
 SCENARIO_TIMEOUT_S = 120
-SERVICE_LOG = "/tmp/jtop-service.log"  # inside the private root: <work>/tmp on the host
-
-
-def _sandbox_problem():
-    """Why the real-service scenario cannot run here, or None."""
-    if importlib.util.find_spec("jtop") is None:
-        return "jetson-stats is not installed"
-    if os.geteuid() != 0:
-        return "needs root: the jtop service and the mount namespace require it"
-    for tool in ("unshare", "mount"):
-        if shutil.which(tool) is None:
-            return "%s is not installed (util-linux)" % tool
-    probe = subprocess.run(
-        ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "true"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    if probe.returncode != 0:
-        return "cannot create mount/PID namespaces: %s" % probe.stdout.strip()
-    return None
 
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    problem = _sandbox_problem()
+    problem = sandbox_problem()
     if problem:
         print("test_jtop skipped:", problem)
         pytest.skip(problem)
@@ -158,26 +147,6 @@ def test_argument_is_rejected():
 # The scenario itself: runs as PID 1 of its own mount + PID namespace.
 
 
-def _start_service():
-    env = dict(os.environ, JTOP_SERVICE="1", JTOP_TESTING="1")
-    program = shutil.which("jtop", path=str(Path(sys.executable).parent)) or shutil.which("jtop")
-    log = open(SERVICE_LOG, "a")
-    service = subprocess.Popen([program, "--force"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    log.close()
-    deadline = time.monotonic() + 20
-    while not os.path.exists("/run/jtop.sock"):
-        if service.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("jtop service did not start; see %s" % SERVICE_LOG)
-        time.sleep(0.05)
-    return service
-
-
-def _stop_service(service):
-    os.killpg(service.pid, signal.SIGKILL)
-    service.wait(timeout=10)
-
-
 def _timed_read(source):
     start = time.monotonic()
     reading = source.read()
@@ -217,8 +186,6 @@ def _read_until(source, predicate, seconds):
 
 
 def _scenario(work: Path) -> dict:
-    from jtop_fake_sys import build_fake_sys, private_root, set_rail
-
     from exporter.sources import SensorReadError, SourceUnavailable
     from exporter.sources import jtop as jtop_source
 
@@ -239,7 +206,7 @@ def _scenario(work: Path) -> dict:
         jtop_source.open(None)
     except SourceUnavailable as exc:
         out["no_service"] = str(exc)
-    service = _start_service()
+    service = start_service()
     try:
         source = jtop_source.open(None, interval_s=INTERVAL_S)
         out["interval"] = source.update_interval_s
@@ -261,7 +228,7 @@ def _scenario(work: Path) -> dict:
         out["resumed"] = _read_until(source, lambda r: r["t"] > resumed_at, 10)
 
         set_rail(Path("/fake_sys"), 2, 5000, 400)
-        _stop_service(service)
+        stop_service(service)
         out["after_kill"] = []
         for _ in range(3):
             try:
@@ -269,11 +236,11 @@ def _scenario(work: Path) -> dict:
             except SensorReadError as exc:
                 out["after_kill"].append([type(exc).__name__, str(exc)])
             time.sleep(0.2)
-        service = _start_service()
+        service = start_service()
         out["recovered"] = _read_until(source, lambda r: True, 10)
         source.close()
     finally:
-        _stop_service(service)
+        stop_service(service)
     return out
 
 

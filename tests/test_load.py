@@ -14,9 +14,9 @@ import json
 import threading
 import time
 
-from tests.daemon import Daemon
-from tests.sysfs_boards import build_board
-from tests.test_daemon import promtool_check
+from tests.support.daemon import Daemon
+from tests.support.prom import promtool_check
+from tests.support.sysfs_boards import build_board
 
 SCRAPERS = 20
 SECONDS = 60.0

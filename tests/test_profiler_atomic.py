@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.daemon import ROOT
+from tests.support.daemon import ROOT
 
 CHILD = textwrap.dedent("""
     import sys, time

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from exporter.sources.replay import load_trace
-from tests.daemon import ROOT, Daemon, free_port
+from tests.support.daemon import ROOT, Daemon, free_port
 
 FAST = ["--weights", "none", "--input-shape", "1,3,32,32", "--source", "sim", "--min-window-s", "0.05",
         "--trials", "2", "--seed", "1"]

@@ -11,7 +11,7 @@ from exporter.sampler import HANG_SLACK_S, Sampler, WindowError
 from exporter.sources import open_source
 from exporter.sources.base import PowerSource, Reading, SensorReadError
 from exporter.sources.replay import trace_energy_joules
-from tests.daemon import write_trace
+from tests.support.daemon import write_trace
 
 
 def test_ringbuffer_interpolates_cumulative_energy_and_wraps():

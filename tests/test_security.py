@@ -5,151 +5,22 @@ pair, each end with its own 10.x address, and curl running inside the
 namespace.  The daemon sees the peer's true address, nothing is faked.
 Certificates come from the ``openssl`` CLI: a CA, a server certificate for
 the host's veth address and loopback, a client certificate, and a second
-("rogue") CA with a client certificate of its own.
+("rogue") CA with a client certificate of its own (the ``netns`` and ``pki``
+fixtures of tests/conftest.py).
 """
 
 import os
-import random
-import shutil
 import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import pytest
-
-from tests.daemon import Daemon, free_port
-from tests.test_daemon import assert_one_line_error, run_cli
+from tests.support.daemon import Daemon, assert_one_line_error, free_port, run_cli
+from tests.support.pki import TlsDaemon, host_context
 
 TOKEN = "s3cr3t-token-0123456789abcdef"
 LAYER = {"model": "remote_net", "index": 1, "layer": "Conv2d_1", "op": "Conv2d", "state": "begin"}
 RESULTS = {"model": "remote_net", "layers": [{"index": 1, "layer": "Conv2d_1", "op": "Conv2d", "energy_j": 0.5,
                                               "dynamic_energy_j": 0.2, "duration_s": 0.01, "power_w": 50.0}]}
-
-
-def _run(*cmd, check=True):
-    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=30, check=check)
-
-
-def _netns_problem():
-    if os.geteuid() != 0:
-        return "needs root: creating network namespaces and veth pairs does"
-    for tool, package in (("ip", "iproute2"), ("curl", "curl")):
-        if shutil.which(tool) is None:
-            return "%s is not installed (Debian package %s)" % (tool, package)
-    return None
-
-
-class Netns:
-    """A namespace ``name`` whose veth end has ``peer_ip``; the host's end has ``host_ip``."""
-
-    def __init__(self):
-        tag = "%04x%02x" % (os.getpid() & 0xFFFF, random.randrange(256))
-        self.name = "jpe-test-" + tag
-        self.host_if, self.peer_if = "jpeh" + tag, "jpep" + tag
-        a, b = random.randrange(64, 250), random.randrange(0, 250)
-        self.host_ip, self.peer_ip = "10.%d.%d.1" % (a, b), "10.%d.%d.2" % (a, b)
-
-    def up(self):
-        _run("ip", "netns", "add", self.name)
-        _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if)
-        _run("ip", "link", "set", self.peer_if, "netns", self.name)
-        _run("ip", "addr", "add", self.host_ip + "/30", "dev", self.host_if)
-        _run("ip", "link", "set", self.host_if, "up")
-        inside = ("ip", "netns", "exec", self.name)
-        _run(*inside, "ip", "addr", "add", self.peer_ip + "/30", "dev", self.peer_if)
-        _run(*inside, "ip", "link", "set", self.peer_if, "up")
-        _run(*inside, "ip", "link", "set", "lo", "up")
-
-    def down(self):
-        _run("ip", "netns", "del", self.name, check=False)  # takes the peer, and with it the pair
-        _run("ip", "link", "del", self.host_if, check=False)
-
-    def curl(self, url, *args):
-        """``(http status or 0, body, curl exit code)`` of curl run inside the namespace."""
-        out = subprocess.run(["ip", "netns", "exec", self.name, "curl", "-sS", "--max-time", "5", "-o", "-",
-                              "-w", "\n%{http_code}"] + list(args) + [url],
-                             capture_output=True, text=True, timeout=30)
-        body, _, code = out.stdout.rpartition("\n")
-        return int(code or 0), body, out.returncode
-
-    def post(self, url, data, *args):
-        import json
-
-        return self.curl(url, "-X", "POST", "-H", "Content-Type: application/json", "--data-binary",
-                         json.dumps(data), *args)
-
-
-@pytest.fixture(scope="module")
-def netns():
-    problem = _netns_problem()
-    if problem:
-        print("network-namespace tests skipped:", problem)
-        pytest.skip(problem)
-    ns = Netns()
-    try:
-        ns.up()
-    except subprocess.CalledProcessError as exc:
-        ns.down()
-        reason = "cannot create a network namespace here: %s" % (exc.stderr or exc).strip()
-        print(reason)
-        pytest.skip(reason)
-    try:
-        code, _, rc = ns.curl("http://%s:1/" % ns.host_ip)
-        assert rc == 7, "the namespace cannot reach the host's veth end (curl rc %d)" % rc  # 7: refused
-        yield ns
-    finally:
-        ns.down()
-        assert ns.name not in _run("ip", "netns", "list").stdout
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory, netns):
-    """CA, server cert (host veth IP, 127.0.0.1, localhost), client cert, and a rogue CA's client cert."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def ca(name):
-        _run("openssl", "req", "-x509", *ec, "-keyout", str(d / (name + ".key")), "-out", str(d / (name + ".pem")),
-             "-days", "2", "-subj", "/CN=%s" % name)
-
-    def leaf(name, issuer, ext):
-        (d / (name + ".ext")).write_text(ext + "\nbasicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n"
-                                         "authorityKeyIdentifier=keyid\n")
-        _run("openssl", "req", *ec, "-keyout", str(d / (name + ".key")), "-out", str(d / (name + ".csr")),
-             "-subj", "/CN=%s" % name)
-        _run("openssl", "x509", "-req", "-in", str(d / (name + ".csr")), "-CA", str(d / (issuer + ".pem")),
-             "-CAkey", str(d / (issuer + ".key")), "-CAcreateserial", "-days", "2", "-out", str(d / (name + ".pem")),
-             "-extfile", str(d / (name + ".ext")))
-
-    ca("ca")
-    ca("rogue-ca")
-    leaf("server", "ca", "subjectAltName=IP:%s,IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"
-         % netns.host_ip)
-    leaf("client", "ca", "extendedKeyUsage=clientAuth")
-    leaf("rogue-client", "rogue-ca", "extendedKeyUsage=clientAuth")
-    return d
-
-
-class TlsDaemon(Daemon):
-    """The daemon serving HTTPS; the test host talks to it with ``context``."""
-
-    def __init__(self, *args, context, **kwargs):
-        self.context = context
-        super().__init__(*args, **kwargs)
-        self.url = "https://%s:%d" % (self.host, self.port)
-
-    def get(self, path, headers=None):
-        request = urllib.request.Request(self.url + path, headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
-                return response.status, dict(response.headers), response.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, dict(err.headers), err.read().decode()
 
 
 def _all_interfaces(port):
@@ -213,20 +84,11 @@ def test_remote_writes_need_the_bearer_token_from_the_file(netns, tmp_path):
         print("token: %d wrong/missing credentials refused with 401, right token accepted" % (len(refused) + 1))
 
 
-def _host_context(pki, client=True):
-    import ssl
-
-    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    if client:
-        context.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
-    return context
-
-
 def test_https_scrape_and_plain_http_gets_no_answer(netns, pki):
     port = free_port()
     tls = ("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"))
     with TlsDaemon("--source", "sim", *tls, *_all_interfaces(port), port=port,
-                   context=_host_context(pki, client=False)):
+                   context=host_context(pki, client=False)):
         https = "https://%s:%d" % (netns.host_ip, port)
         code, body, _ = netns.curl(https + "/metrics", "--cacert", str(pki / "ca.pem"))
         assert code == 200 and "jetson_power_up 1.0" in body
@@ -244,7 +106,7 @@ def test_mtls_refuses_clients_without_a_certificate_from_the_ca(netns, pki):
     port = free_port()
     tls = ("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
            "--tls-client-ca", str(pki / "ca.pem"))
-    with TlsDaemon("--source", "sim", *tls, *_all_interfaces(port), port=port, context=_host_context(pki)) as daemon:
+    with TlsDaemon("--source", "sim", *tls, *_all_interfaces(port), port=port, context=host_context(pki)) as daemon:
         https = "https://%s:%d" % (netns.host_ip, port)
         trust = ("--cacert", str(pki / "ca.pem"))
         for path in ("/metrics", "/healthz"):

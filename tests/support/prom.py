@@ -21,9 +21,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from tests.daemon import free_port
+from tests.support.daemon import ROOT, free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMETHEUS_YML = os.path.join(ROOT, "prometheus.yml")
 RULES_YML = os.path.join(ROOT, "deploy", "prometheus", "rules.yml")
 JOB = "jetson-power"
@@ -57,6 +56,12 @@ def derive_config(target: str, scrape_interval: str = "1s", rule_files: Optional
         "scrape_configs": [job],
     }
     return config
+
+
+def promtool_check(text: str) -> str:
+    """``promtool check metrics`` on an exposition: its complaints, or "" when the text is clean."""
+    result = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    return (result.stdout + result.stderr).strip()
 
 
 class Prometheus:

@@ -10,9 +10,13 @@ bind mounts of the host's top-level directories with those paths replaced, so
 nothing on the host is created or changed.  Run it only under ``unshare -m``.
 """
 
+import importlib.util
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -126,8 +130,50 @@ def private_root(work: Path, fake_sys: Path) -> Path:
     _plant(root, "/tmp", work / "tmp")
     _plant(root, os.path.join(sys.base_prefix, "local", "jtop"), work / "config")
     # The checkout and its venv may live under /tmp (a CI clone): keep them visible over the private /tmp.
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     if checkout.is_relative_to(Path("/tmp").resolve()):
         root.joinpath(*checkout.parts[1:]).mkdir(parents=True, exist_ok=True)
         _mount("--bind", str(checkout), str(root.joinpath(*checkout.parts[1:])))
     return root
+
+
+SERVICE_LOG = "/tmp/jtop-service.log"  # inside the private root: <work>/tmp on the host
+
+
+def start_service() -> subprocess.Popen:
+    """The real jtop service in testing mode (inside the private root), once its socket is up."""
+    env = dict(os.environ, JTOP_SERVICE="1", JTOP_TESTING="1")
+    program = shutil.which("jtop", path=str(Path(sys.executable).parent)) or shutil.which("jtop")
+    log = open(SERVICE_LOG, "a")
+    service = subprocess.Popen([program, "--force"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 20
+    while not os.path.exists("/run/jtop.sock"):
+        if service.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("jtop service did not start; see %s" % SERVICE_LOG)
+        time.sleep(0.05)
+    return service
+
+
+def stop_service(service: subprocess.Popen) -> None:
+    os.killpg(service.pid, signal.SIGKILL)
+    service.wait(timeout=10)
+
+
+def sandbox_problem():
+    """Why the real-service scenario cannot run here, or None."""
+    if importlib.util.find_spec("jtop") is None:
+        return "jetson-stats is not installed"
+    if os.geteuid() != 0:
+        return "needs root: the jtop service and the mount namespace require it"
+    for tool in ("unshare", "mount"):
+        if shutil.which(tool) is None:
+            return "%s is not installed (util-linux)" % tool
+    probe = subprocess.run(
+        ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "true"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    if probe.returncode != 0:
+        return "cannot create mount/PID namespaces: %s" % probe.stdout.strip()
+    return None

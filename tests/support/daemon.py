@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, List, Optional, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -112,6 +112,21 @@ class Daemon:
             if all(sample_labels.get(k) == v for k, v in labels.items()):
                 return value
         return None
+
+
+def run_cli(*args: str, env: Optional[Dict[str, str]] = None) -> "subprocess.CompletedProcess":
+    """``python -m exporter`` run to completion (for flags that must fail before anything starts)."""
+    return subprocess.run([sys.executable, "-m", "exporter"] + list(args), cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, env=env)
+
+
+def assert_one_line_error(result: "subprocess.CompletedProcess", code: int, *fragments: str) -> None:
+    """Bad input ends as one line on stderr naming what to fix, with exit ``code`` and no traceback."""
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
 
 
 def write_trace(path: str, rows: List[Tuple[float, float]], rails: Optional[Dict[str, List[float]]] = None) -> str:
