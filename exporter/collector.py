@@ -2,13 +2,16 @@
 
 No timestamps and no ``_created`` series: the values are those of the scrape.
 Power gauges are only exported while the sensor is up, so a dead sensor never
-shows as a silent 0 W; the energy counters stay (and stop growing).
+shows as a silent 0 W; the energy counters stay (and stop growing).  The
+exposition (text or OpenMetrics) is prometheus_client's own, over a registry
+holding this collector and the library's standard process and platform ones.
 """
 
-from typing import Iterator
+from typing import Iterator, Tuple
 
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.exposition import choose_encoder
 
 from . import __version__
 from .layers import LayerBoard, index_label
@@ -17,12 +20,21 @@ from .sampler import Sampler
 LAYER_LABELS = ["model", "index", "layer", "op"]
 
 
-class PowerCollector(Collector):
+class PowerCollector:
     def __init__(self, sampler: Sampler, layers: LayerBoard):
         self.sampler = sampler
         self.layers = layers
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=self.registry)  # python_info
 
-    def collect(self, openmetrics: bool = False) -> Iterator[Metric]:
+    def render(self, accept: str = "") -> Tuple[bytes, str]:
+        """(body, Content-Type) of a scrape: OpenMetrics when ``accept`` asks for it, text otherwise."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    def collect(self) -> Iterator[Metric]:
         snap = self.sampler.snapshot()
         source = self.sampler.source
         reading = snap.reading
@@ -81,9 +93,9 @@ class PowerCollector(Collector):
         build.add_metric([__version__], 1.0)
         yield build
 
-        yield from self._layer_metrics(openmetrics)
+        yield from self._layer_metrics()
 
-    def _layer_metrics(self, openmetrics: bool) -> Iterator[Metric]:
+    def _layer_metrics(self) -> Iterator[Metric]:
         snap = self.layers.snapshot()
         active = GaugeMetricFamily(
             "jetson_profiler_active_layer", "1 for the layer the profiler is measuring right now.",
@@ -92,14 +104,16 @@ class PowerCollector(Collector):
             active.add_metric([a.model, index_label(a.index), a.layer, a.op], 1.0)
         yield active
 
+        # "call": one call of the layer, as the last profile measured it (not the counters below)
         families = [
-            ("jetson_layer_energy_joules", "Energy per call of each layer, last profile, in joules.",
+            ("jetson_layer_call_energy_joules", "Energy per call of each layer, last profile, in joules.",
              "energy_j"),
-            ("jetson_layer_dynamic_energy_joules",
+            ("jetson_layer_call_dynamic_energy_joules",
              "Energy per call above the idle baseline, last profile, in joules.", "dynamic_energy_j"),
-            ("jetson_layer_duration_seconds", "Duration per call of each layer, last profile, in seconds.",
+            ("jetson_layer_call_duration_seconds", "Duration per call of each layer, last profile, in seconds.",
              "duration_s"),
-            ("jetson_layer_power_watts", "Mean power while each layer ran, last profile, in watts.", "power_w"),
+            ("jetson_layer_call_power_watts", "Mean power during a call of each layer, last profile, in watts.",
+             "power_w"),
         ]
         for name, doc, attr in families:
             family = GaugeMetricFamily(name, doc, labels=LAYER_LABELS)
@@ -108,20 +122,14 @@ class PowerCollector(Collector):
                     family.add_metric([model, index_label(r.index), r.layer, r.op], getattr(r, attr))
             yield family
 
-        energy_doc = "Energy integrated by the daemon while each layer was marked active, in joules."
-        if openmetrics:
-            # OpenMetrics names a counter family without "_total", which would collide with the
-            # per-call gauge jetson_layer_energy_joules; "unknown" keeps the sample name users query.
-            energy = Metric("jetson_layer_energy_joules_total", energy_doc, "unknown")
-        else:
-            energy = CounterMetricFamily("jetson_layer_energy_joules", energy_doc, labels=["model", "layer"])
+        energy = CounterMetricFamily(
+            "jetson_layer_energy_joules", "Energy integrated by the daemon while each layer was marked active, "
+            "in joules.", labels=["model", "layer"])
         seconds = CounterMetricFamily(
             "jetson_layer_active_seconds", "Time each layer was marked active, in seconds.",
             labels=["model", "layer"])
         for key in sorted(snap.energy_j):
-            model, layer = key
-            energy.add_sample("jetson_layer_energy_joules_total", {"model": model, "layer": layer},
-                              snap.energy_j[key])
+            energy.add_metric(list(key), snap.energy_j[key])
             seconds.add_metric(list(key), snap.active_s.get(key, 0.0))
         yield energy
         yield seconds

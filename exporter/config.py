@@ -9,6 +9,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import yaml
 
+from . import contract
+
 ENV_PREFIX = "JETSON_POWER_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -142,10 +144,6 @@ def _read_file(path: str) -> Dict[str, Any]:
 
 def read_token(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as handle:
-            token = handle.read().strip()
-    except OSError as exc:
-        raise ConfigError("write_token_file %s: %s" % (path, exc.strerror or exc)) from None
-    if len(token) < 16:
-        raise ConfigError("write_token_file %s: the token must be at least 16 characters" % path)
-    return token
+        return contract.read_token(path)
+    except contract.ContractError as exc:
+        raise ConfigError("write_token_file %s: %s" % (path, exc)) from None

@@ -20,8 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client.exposition import choose_encoder
-
 from . import validate
 from .collector import PowerCollector
 from .layers import LayerBoard, LayerLimitError
@@ -32,16 +30,6 @@ log = logging.getLogger(__name__)
 SOCKET_TIMEOUT_S = 10.0  # a client that stalls mid-request frees its thread after this
 MAX_CONNECTIONS = 128  # one thread each: beyond this a new connection is closed at once
 MAX_SAMPLES_PER_RESPONSE = 20000
-
-
-class _OpenMetricsView:
-    """What prometheus_client's encoder calls ``collect()`` on, in OpenMetrics mode."""
-
-    def __init__(self, collector: PowerCollector):
-        self._collector = collector
-
-    def collect(self):
-        return self._collector.collect(openmetrics=True)
 
 
 class ExporterServer(ThreadingHTTPServer):
@@ -56,7 +44,6 @@ class ExporterServer(ThreadingHTTPServer):
         self.sampler = sampler
         self.layers = layers
         self.collector = PowerCollector(sampler, layers)
-        self.openmetrics_view = _OpenMetricsView(self.collector)
         self.write_token = write_token
         self.tls = tls
         # One scrape renders at a time: the others wait on a lock (without the GIL), so however many
@@ -198,10 +185,8 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- reads -----------------------------------------------------------
     def metrics(self):
-        encoder, content_type = choose_encoder(self.headers.get("Accept"))
-        view = self.server.openmetrics_view if "openmetrics" in content_type else self.server.collector
         with self.server.render_lock:
-            body = encoder(view)
+            body, content_type = self.server.collector.render(self.headers.get("Accept"))
         self._send(200, body, content_type)
 
     def healthz(self):

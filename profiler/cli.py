@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requested sensor update interval, for sources that accept one")
     p.add_argument("--exporter", metavar="URL", default=None,
                    help="running jetson-power-exporter: read windows from it and push live progress")
+    p.add_argument("--token-file", metavar="FILE", default=None,
+                   help="file holding the daemon's write token (--write-token-file), for pushing from another host")
+    p.add_argument("--cacert", metavar="FILE", default=None,
+                   help="CA certificate to trust for an https:// exporter (default: the system's CAs)")
+    p.add_argument("--cert", metavar="FILE", default=None,
+                   help="client certificate for a daemon that requires one (mTLS); needs --key")
+    p.add_argument("--key", metavar="FILE", default=None, help="private key of --cert")
     p.add_argument("--min-window-s", type=float, default=None,
                    help="shortest measurement window (default from the sensor's update interval)")
     p.add_argument("--trials", type=int, default=5, help="windows per layer, in shuffled order (default 5)")
@@ -106,7 +113,8 @@ def _run(args) -> int:
     bar = ProgressBar(sys.stderr)
     try:
         result = profile(
-            model, example, source=args.source, exporter_url=args.exporter, min_window_s=args.min_window_s,
+            model, example, source=args.source, exporter_url=args.exporter, token_file=args.token_file,
+            cacert=args.cacert, cert=args.cert, key=args.key, min_window_s=args.min_window_s,
             trials=args.trials, granularity=args.granularity, estimator=args.estimator, model_name=name,
             seed=args.seed, progress=bar, warn=_stderr, source_options=options,
         )

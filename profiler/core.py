@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from .capture import LayerCall, as_call, capture, detached, op_name, parse_granularity
+from .client import DaemonClient
 from .errors import ProfilerError
 from .estimate import ESTIMATORS, Estimator
 from .measure import Schedule, Unit
@@ -39,7 +40,8 @@ def _first_tensor(value: Any) -> Optional[torch.Tensor]:
 
 
 def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_url: Optional[str] = None,
-            min_window_s: Optional[float] = None, trials: int = 5, granularity: str = "leaf",
+            token_file: Optional[str] = None, cacert: Optional[str] = None, cert: Optional[str] = None,
+            key: Optional[str] = None, min_window_s: Optional[float] = None, trials: int = 5, granularity: str = "leaf",
             estimator: str = "settled", model_name: Optional[str] = None, seed: Optional[int] = None,
             progress: Optional[Callable[[int, int, str], None]] = None,
             warn: Callable[[str], None] = _stderr, source_options: Optional[Dict[str, Any]] = None,
@@ -51,7 +53,10 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     ``source``: a source spec (``auto``, ``sim``, ``hwmon``, ...) or any object
     with ``read() -> exporter.sources.Reading`` (and ideally
     ``update_interval_s``); ignored when ``exporter_url`` answers, since the
-    daemon then measures.  ``min_window_s`` defaults from the sensor's update
+    daemon then measures.  ``token_file`` (the daemon's bearer token, needed
+    to push from another host), ``cacert`` (the CA to trust over https) and
+    ``cert``/``key`` (a client certificate, for a daemon that requires mTLS):
+    how to reach ``exporter_url``.  ``min_window_s`` defaults from the sensor's update
     interval and the estimator (see :mod:`profiler.estimate`).
     ``granularity``: ``leaf``, ``children`` or ``depth:N``.
 
@@ -66,6 +71,9 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     if estimator not in ESTIMATORS:
         raise ProfilerError("unknown estimator %r: use %s" % (estimator, ", ".join(ESTIMATORS)))
     parse_granularity(granularity)
+    client = DaemonClient(exporter_url, token_file, cacert, cert, key) if exporter_url else None
+    if client is None and (token_file or cacert or cert or key):
+        raise ProfilerError("token_file, cacert, cert and key are for exporter_url, which is not given")
     name = safe_name(model_name or getattr(model, "original_name", None) or type(model).__name__)
     started = time.time()
 
@@ -74,13 +82,13 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     whole = LayerCall(len(calls), "whole_model", "", op_name(model), model, detached(args), detached(kwargs))
     units = [Unit(c) for c in calls] + [Unit(whole, whole_model=True)]
 
-    meter, daemon = open_meter(source, exporter_url, warn, **(source_options or {}))
+    meter, daemon = open_meter(source, client, warn, **(source_options or {}))
     try:
         est = Estimator(estimator, meter.update_interval_s, meter.sample_period_s)
         window_s = float(min_window_s) if min_window_s is not None else est.default_min_window_s()
         tensor = _first_tensor(example_input)
         device = tensor.device if tensor is not None else torch.device("cpu")
-        push = LivePush(exporter_url if daemon else None, name, warn)
+        push = LivePush(client if daemon else None, name, warn)
         schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed)
         with torch.no_grad():
             schedule.run()

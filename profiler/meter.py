@@ -6,17 +6,15 @@ profiler asks it for the integral over each window and for the raw samples.
 Both sides stamp with ``time.monotonic()``, which is one clock for the host.
 """
 
-import json
 import logging
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from exporter import contract
 from exporter.sampler import Sampler, WindowError
 from exporter.sources import PowerSource, SourceUnavailable, open_source
 
+from .client import DaemonClient, DaemonError
 from .errors import ProfilerError, one_line
 
 log = logging.getLogger(__name__)
@@ -122,50 +120,45 @@ class InProcessMeter:
 
 
 class ExporterMeter:
-    """Reads windows and samples from a running jetson-power-exporter."""
+    """Reads windows and samples from a running jetson-power-exporter through ``client``."""
 
     in_process = False
 
-    def __init__(self, url: str):
-        self.url = url.rstrip("/")
-        info = self._get("/api/v1/source", {})
+    def __init__(self, client: DaemonClient):
+        self.client = client
+        info = self._get(contract.SOURCE_PATH, {})
         self.sample_period_s = float(info.get("sample_period_s") or 0.01)
         interval = info.get("update_interval_s")
         self.update_interval_s = interval or self.sample_period_s
         self.info = {k: v for k, v in info.items() if k not in ("sample_period_s",)}
-        self.info["via"] = "exporter %s" % self.url
+        self.info["via"] = "exporter %s" % client.url
 
-    def _get(self, path: str, query: Dict[str, float]) -> Dict[str, Any]:
-        url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+    def _get(self, path: str, query: Dict[str, str]) -> Dict[str, Any]:
         try:
-            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
-                return json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            try:
-                reason = json.loads(exc.read().decode("utf-8")).get("error", "")
-            except ValueError:
-                reason = ""
-            raise MeterError("exporter %s: HTTP %d %s" % (path, exc.code, reason)) from None
-        except (OSError, ValueError) as exc:
-            raise MeterError("exporter at %s: %s" % (self.url, one_line(exc))) from None
+            return self.client.get(path, query, timeout=HTTP_TIMEOUT_S)
+        except DaemonError as exc:
+            raise MeterError(str(exc)) from None
 
     def energy(self, start: float, end: float) -> WindowReading:
         last: Optional[MeterError] = None
         for _ in range(3):  # the daemon may not have sampled past ``end`` yet
             try:
-                data = self._get("/api/v1/energy", {"start": repr(start), "end": repr(end)})
-                return WindowReading(float(data["total_joules"]), int(data.get("samples", 0)),
-                                     float(data.get("covered_seconds", end - start)))
+                data = self._get(contract.ENERGY_PATH, {"start": repr(start), "end": repr(end)})
             except MeterError as exc:
                 last = exc
                 time.sleep(0.2)
+                continue
+            try:
+                return WindowReading(*contract.energy_answer(data))
+            except contract.ContractError as exc:
+                raise MeterError("exporter %s: %s" % (contract.ENERGY_PATH, exc)) from None
         assert last is not None
         raise last
 
     def samples(self, since: float) -> List[RawSample]:
         out: List[RawSample] = []
         while True:
-            rows = self._get("/api/v1/samples", {"since": repr(since)}).get("samples", [])
+            rows = self._get(contract.SAMPLES_PATH, {"since": repr(since)}).get("samples", [])
             if not rows:
                 return out
             out.extend(RawSample(float(r["t"]), float(r["total_w"]), dict(r.get("rails", {}))) for r in rows)
@@ -175,11 +168,11 @@ class ExporterMeter:
         """Nothing to release: the daemon keeps sampling."""
 
 
-def open_meter(source: Any, exporter_url: Optional[str], warn, **options: Any) -> Tuple[Any, bool]:
+def open_meter(source: Any, client: Optional[DaemonClient], warn, **options: Any) -> Tuple[Any, bool]:
     """(meter, daemon answered).  A daemon that does not answer costs one warning, not the run."""
-    if exporter_url:
+    if client is not None:
         try:
-            return ExporterMeter(exporter_url), True
+            return ExporterMeter(client), True
         except MeterError as exc:
             warn("warning: %s; measuring in-process with source %s and not pushing live results"
                  % (exc, source if isinstance(source, str) else type(source).__name__))

@@ -1,50 +1,44 @@
-"""Live progress and results to a jetson-power-exporter daemon (urllib only).
+"""Live progress and results to a jetson-power-exporter daemon, in the bodies of ``exporter/contract.py``.
 
 Pushing is a courtesy to the dashboard, never a reason to stop profiling:
 the first failure prints one warning and turns pushing off.
 """
 
-import json
 import math
-import urllib.request
 from typing import Callable, Iterable, List, Optional
 
+from exporter import contract
+
+from .client import DaemonClient
 from .errors import one_line
 
 TIMEOUT_S = 1.0
-RESULTS_PER_POST = 200  # the daemon limits bodies to 64 KiB
 
 
 class LivePush:
-    def __init__(self, url: Optional[str], model: str, warn: Callable[[str], None]):
-        self.url = url.rstrip("/") if url else None
+    """Pushes through ``client``; None (no daemon answered) pushes nothing."""
+
+    def __init__(self, client: Optional[DaemonClient], model: str, warn: Callable[[str], None]):
+        self.client = client
         self.model = model
         self._warn = warn
 
-    @property
-    def enabled(self) -> bool:
-        return self.url is not None
-
-    def _post(self, path: str, body: dict) -> None:
-        if self.url is None:
+    def _post(self, path: str, bodies: Callable[[], List[bytes]]) -> None:
+        if self.client is None:
             return
-        request = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode("utf-8"),
-            headers={"Content-Type": "application/json"}, method="POST",
-        )
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                response.read()
-        except Exception as exc:  # any failure at all: warn once, keep profiling
-            self._warn("warning: live push to %s failed (%s); continuing without it" % (self.url, one_line(exc)))
-            self.url = None
+            for body in bodies():
+                self.client.post(path, body, timeout=TIMEOUT_S)
+        except Exception as exc:  # any failure at all, a body refused by the contract too: warn once, go on
+            self._warn("warning: live push to %s failed (%s); continuing without it"
+                       % (self.client.url, one_line(exc)))
+            self.client = None
 
     def layer(self, index: int, label: str, op: str, state: str) -> None:
-        self._post("/api/v1/layer", {"model": self.model, "index": index, "layer": label, "op": op,
-                                     "state": state})
+        self._post(contract.LAYER_PATH, lambda: [contract.layer_event(self.model, index, label, op, state)])
 
     def results(self, layers: Iterable) -> None:
-        rows: List[dict] = []
+        rows = []
         for layer in layers:
             values = (layer.energy_j, layer.dynamic_energy_j, layer.duration_s, layer.power_w)
             if not all(math.isfinite(v) for v in values):
@@ -54,6 +48,4 @@ class LivePush:
                 "energy_j": max(0.0, layer.energy_j), "dynamic_energy_j": layer.dynamic_energy_j,
                 "duration_s": layer.duration_s, "power_w": max(0.0, layer.power_w),
             })
-        for start in range(0, max(len(rows), 1), RESULTS_PER_POST):
-            self._post("/api/v1/results", {"model": self.model, "layers": rows[start:start + RESULTS_PER_POST],
-                                           "replace": start == 0})
+        self._post(contract.RESULTS_PATH, lambda: contract.results_bodies(self.model, rows))

@@ -1,5 +1,7 @@
 """Files and console output of a profile.  Every file is written atomically.
 
+``result`` below is a :class:`profiler.result.ProfileResult`, whose methods
+call these; this module does not import it, so the dependency runs one way.
 A temporary file in the target directory is filled, flushed to disk and
 renamed over the final name (``os.replace``), so an interrupted or failed
 write leaves either the old file or none -- never half of one.
@@ -16,7 +18,11 @@ import tempfile
 from typing import Any, Callable, List, Optional, TextIO
 
 from .errors import ProfilerError, one_line
-from .result import SUMMARY_COLUMNS, ProfileResult
+
+SUMMARY_COLUMNS = (
+    "index", "label", "module", "op", "calls_per_window", "trials", "duration_s", "energy_j",
+    "energy_ci95_j", "dynamic_energy_j", "dynamic_energy_ci95_j", "power_w", "dynamic_power_w", "samples",
+)
 
 
 def atomic_write(path: str, fill: Callable[[Any], None], binary: bool = False) -> str:
@@ -73,22 +79,22 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_json(result: ProfileResult, path: str) -> str:
+def write_json(result: Any, path: str) -> str:
     text = json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False)
     return atomic_write(path, lambda fh: fh.write(text + "\n"))
 
 
-def write_summary_csv(result: ProfileResult, path: str) -> str:
+def write_summary_csv(result: Any, path: str) -> str:
     def fill(fh: TextIO) -> None:
         writer = csv.writer(fh)
         writer.writerow(SUMMARY_COLUMNS)
         for layer in result.layers:
-            writer.writerow([_cell(v) for v in layer.row().values()])
+            writer.writerow([_cell(getattr(layer, name)) for name in SUMMARY_COLUMNS])
 
     return atomic_write(path, fill)
 
 
-def write_full_csv(result: ProfileResult, path: str) -> str:
+def write_full_csv(result: Any, path: str) -> str:
     """Every raw sample in the replay source's format, plus the layer and trial it fell in.
 
     The sampler charges reading k over (t_{k-1}, t_k]; the replay format holds
@@ -128,7 +134,7 @@ def write_full_csv(result: ProfileResult, path: str) -> str:
     return atomic_write(path, fill)
 
 
-def write_plot(result: ProfileResult, path: str) -> str:
+def write_plot(result: Any, path: str) -> str:
     """Horizontal bars, one per layer call in execution order, dynamic part stacked on the idle part.
 
     The figure grows with the layer count (a fixed height per bar), so 150+
@@ -191,7 +197,7 @@ def _fmt(value: Optional[float], scale: float, digits: int = 4) -> str:
     return "%.*f" % (digits, value * scale)
 
 
-def console_summary(result: ProfileResult) -> str:
+def console_summary(result: Any) -> str:
     """The original profiler's lines (``Conv2d_0: Duration=... | Energy=... | Avg Power=...``), then totals."""
     lines = []
     for layer in result.layers:

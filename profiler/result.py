@@ -5,14 +5,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from . import report
 from .estimate import Estimator, mean_ci95
 from .measure import Schedule, Window
 from .meter import RawSample
-
-SUMMARY_COLUMNS = (
-    "index", "label", "module", "op", "calls_per_window", "trials", "duration_s", "energy_j",
-    "energy_ci95_j", "dynamic_energy_j", "dynamic_energy_ci95_j", "power_w", "dynamic_power_w", "samples",
-)
 
 
 @dataclass
@@ -41,9 +37,6 @@ class LayerResult:
     samples: int
     trial_energy_j: List[float] = field(default_factory=list)
     trial_dynamic_energy_j: List[float] = field(default_factory=list)
-
-    def row(self) -> Dict[str, Any]:
-        return {name: getattr(self, name) for name in SUMMARY_COLUMNS}
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -78,27 +71,21 @@ class ProfileResult:
 
     # Writers (atomic: a reader never sees a half-written file).
     def write_full_csv(self, path: str) -> str:
-        from . import report
-
         return report.write_full_csv(self, path)
 
     def write_summary_csv(self, path: str) -> str:
-        from . import report
-
         return report.write_summary_csv(self, path)
 
     def write_json(self, path: str) -> str:
-        from . import report
-
         return report.write_json(self, path)
 
     def write_plot(self, path: str) -> str:
-        from . import report
-
         return report.write_plot(self, path)
 
     def write_all(self, out_dir: str) -> Dict[str, str]:
-        """The four files under ``out_dir``, named ``<model>_layerwise_*``; returns kind -> path."""
+        """The four files under ``out_dir`` (made when missing, as the CLI does), named
+        ``<model>_layerwise_*``; returns kind -> path."""
+        report.check_writable(out_dir)
         base = os.path.join(out_dir, self.model + "_layerwise_")
         return {
             "full_csv": self.write_full_csv(base + "energy_full.csv"),
@@ -108,8 +95,6 @@ class ProfileResult:
         }
 
     def console_summary(self) -> str:
-        from . import report
-
         return report.console_summary(self)
 
 

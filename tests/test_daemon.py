@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.sources.replay import trace_energy_joules
 from tests.support.daemon import Daemon, assert_one_line_error, free_port, run_cli, write_trace
-from tests.support.prom import promtool_check
+from tests.support.prom import contract_metrics, promtool_check
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0"
 
@@ -26,25 +26,30 @@ def test_metrics_are_clean_in_both_formats_and_label_the_simulation():
         time.sleep(0.1)
         text = daemon.metrics()
         assert promtool_check(text) == ""
-        names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
-        for name in ("jetson_power_total_watts", "jetson_power_rail_watts", "jetson_power_rail_volts",
-                     "jetson_power_rail_amperes", "jetson_energy_joules_total", "jetson_energy_rail_joules_total",
-                     "jetson_power_up", "jetson_power_samples_total", "jetson_power_sensor_errors_total",
-                     "jetson_power_sample_interval_seconds", "jetson_power_source_info",
-                     "jetson_exporter_build_info", "jetson_profiler_active_layer", "jetson_layer_energy_joules",
-                     "jetson_layer_energy_joules_total", "jetson_layer_active_seconds_total"):
-            assert name in names, name
+        families = list(text_string_to_metric_families(text))
+        names = {s.name for f in families for s in f.samples}
+        documented = contract_metrics()  # the README's table
+        assert documented - names == set(), "documented but not exported"
+        assert {n for n in names if n.startswith("jetson_")} - documented == set(), "exported but not documented"
+        # prometheus_client's standard collectors
+        assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds",
+                "python_info"} <= names
+        counters = {f.name for f in families if f.type == "counter"}
+        assert not counters & {f.name for f in families if f.type != "counter"}, "a family shares a counter's name"
         assert "_created" not in text
         assert daemon.value("jetson_power_source_info", source="sim", simulated="true") == 1.0
         assert daemon.value("jetson_profiler_active_layer", model="vgg11", index="0003", layer="Conv2d_3") == 1.0
 
         status, headers, om = daemon.get("/metrics", {"Accept": OPENMETRICS})
         assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
-        assert om.rstrip().endswith("# EOF")
-        families = {f.name: f for f in parse_openmetrics(om)}
-        assert families["jetson_energy_joules"].type == "counter"
+        assert om.rstrip().endswith("# EOF") and "_created" not in om
         # promtool lints only the text format; Prometheus itself scrapes OpenMetrics (test_deploy_prometheus)
-        assert families["jetson_layer_energy_joules"].type == "gauge"
+        om_families = {f.name: f for f in parse_openmetrics(om)}
+        assert {name: f.type for name, f in om_families.items()} == {f.name: f.type for f in families}
+        for family in ("jetson_energy_joules", "jetson_layer_energy_joules", "process_cpu_seconds"):
+            assert om_families[family].type == "counter"
+            assert [s.name for s in om_families[family].samples] == [family + "_total"]
+        assert om_families["jetson_layer_call_energy_joules"].type == "gauge"
 
         status, _, page = daemon.get("/")
         assert status == 200 and "SIMULATED" in page and "/metrics" in page and " W" in page

@@ -289,10 +289,10 @@ def test_dashboard_queries_only_contract_metrics_and_covers_the_issue():
     assert any('simulated="true"' in e for e in by_type["stat"]), "no simulated banner"
     assert any("jetson_power_source_info" in e for e in by_type["table"])
     assert any("jetson_profiler_active_layer" in e for e in by_type["state-timeline"])
-    assert any("jetson_layer_energy_joules{" in e for e in by_type["barchart"])
+    assert any("jetson_layer_call_energy_joules{" in e for e in by_type["barchart"])
     layer_table = {m for e in by_type["table"] for m in queried_metrics(e)}
-    assert {"jetson_layer_energy_joules", "jetson_layer_dynamic_energy_joules",
-            "jetson_layer_duration_seconds", "jetson_layer_power_watts"} <= layer_table
+    assert {"jetson_layer_call_energy_joules", "jetson_layer_call_dynamic_energy_joules",
+            "jetson_layer_call_duration_seconds", "jetson_layer_call_power_watts"} <= layer_table
     assert set(prom.variable_queries(dashboard)) == {"instance", "model"}
     for q in queries:
         assert "$instance" in q["expr"], "%s ignores the instance variable" % q["panel"]
@@ -303,7 +303,8 @@ def test_dashboard_queries_only_contract_metrics_and_covers_the_issue():
     ("instance:jetson_power_watts:rate1m > on (instance) group_left () instance:jetson_power_budget_watts",
      set()),
     ('count_over_time(up{job=~"jetson-power.*"}[5m])', {"up"}),
-    ('label_values(jetson_layer_energy_joules{instance=~"$instance"}, model)', {"jetson_layer_energy_joules"}),
+    ('label_values(jetson_layer_call_energy_joules{instance=~"$instance"}, model)',
+     {"jetson_layer_call_energy_joules"}),
 ])
 def test_metric_name_extraction(expr, expected):
     assert queried_metrics(expr) == expected

@@ -1,4 +1,5 @@
-"""A profiler killed with SIGKILL mid-write never leaves a truncated file under a final name."""
+"""Profiler files: a SIGKILL mid-write never leaves a truncated file under a final name, and
+``ProfileResult.write_all`` makes its folder as the command line does."""
 
 import os
 import signal
@@ -6,6 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+import torch
+from torch import nn
+
+from profiler import ProfilerError, profile
 from tests.support.daemon import ROOT
 
 CHILD = textwrap.dedent("""
@@ -50,3 +56,19 @@ def test_sigkill_mid_write_keeps_the_previous_complete_file(tmp_path):
     final.write_text("index,label\n0,Conv2d_0\n")
     kill_mid_write(str(final))
     assert final.read_text() == "index,label\n0,Conv2d_0\n"
+
+
+def test_write_all_makes_a_missing_folder_like_the_cli(tmp_path):
+    """README's API example, on a folder that does not exist yet."""
+    result = profile(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), torch.zeros(1, 4), source="sim",
+                     min_window_s=0.05, trials=1, model_name="tiny")
+    out = tmp_path / "new" / "results"
+    paths = result.write_all(str(out))
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in paths.values())
+    assert sorted(paths) == ["full_csv", "json", "plot", "summary_csv"]
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    with pytest.raises(ProfilerError, match="output directory .*a-file/results is not writable") as info:
+        result.write_all(str(blocker / "results"))
+    assert "\n" not in str(info.value)

@@ -13,6 +13,7 @@ import pytest
 
 from exporter.sources.replay import load_trace
 from tests.support.daemon import ROOT, Daemon, free_port
+from tests.support.models import write_tiny_model
 
 FAST = ["--weights", "none", "--input-shape", "1,3,32,32", "--source", "sim", "--min-window-s", "0.05",
         "--trials", "2", "--seed", "1"]
@@ -189,7 +190,7 @@ def test_no_daemon_costs_one_warning(tmp_path):
     url = "http://127.0.0.1:%d" % free_port()
     proc = run_cli("--model", "kwnet:build", "--input-shape", "1,3,8,8", "--exporter", url,
                    "--out", str(tmp_path / "o"), "--source", "sim", "--min-window-s", "0.05", "--trials", "2",
-                   cwd=str(_write_tiny(tmp_path)))
+                   cwd=str(write_tiny_model(tmp_path)))
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line.lower()]
     assert len(warnings) == 1 and url in warnings[0]
@@ -197,21 +198,12 @@ def test_no_daemon_costs_one_warning(tmp_path):
     assert meta["measured_via"] == "in-process sampler"
 
 
-def _write_tiny(directory):
-    (directory / "kwnet.py").write_text(
-        "from torch import nn\n\n"
-        "def build():\n"
-        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))\n"
-    )
-    return directory
-
-
 def test_live_push_to_a_real_daemon(tmp_path):
     with Daemon("--source", "sim") as daemon:
         proc = subprocess.Popen(
             [sys.executable, "-m", "profiler", "--model", "kwnet:build", "--input-shape", "1,3,8,8",
              "--exporter", daemon.url, "--out", str(tmp_path / "o"), "--min-window-s", "0.1", "--trials", "2"],
-            cwd=str(_write_tiny(tmp_path)), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=str(write_tiny_model(tmp_path)), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         seen = set()
         stop = threading.Event()
 
@@ -237,9 +229,9 @@ def test_live_push_to_a_real_daemon(tmp_path):
         assert len(seen) >= 2, seen  # the active layer moved from layer to layer
         assert not [v for labels, v in daemon.values("jetson_profiler_active_layer")
                     if labels.get("model") == "build" and v == 1]  # ...and cleared at the end
-        energies = {labels["layer"]: v for labels, v in daemon.values("jetson_layer_energy_joules")
+        energies = {labels["layer"]: v for labels, v in daemon.values("jetson_layer_call_energy_joules")
                     if labels.get("model") == "build"}
         assert set(energies) == {"Conv2d_0", "ReLU_1", "Flatten_2", "Linear_3"}
-        assert daemon.value("jetson_layer_energy_joules", model="build", index="0000", layer="Conv2d_0") > 0
+        assert daemon.value("jetson_layer_call_energy_joules", model="build", index="0000", layer="Conv2d_0") > 0
         meta = json.load(open(tmp_path / "o" / "build_layerwise_summary.json"))["meta"]
         assert meta["measured_via"] == "exporter " + daemon.url

@@ -79,7 +79,7 @@ def test_remote_writes_need_the_bearer_token_from_the_file(netns, tmp_path):
         results_url = url.replace("/layer", "/results")
         assert netns.post(results_url, RESULTS, "-H", "Authorization: Bearer " + TOKEN)[0] == 200
         assert daemon.value("jetson_profiler_active_layer", model="remote_net") == 1.0
-        assert daemon.value("jetson_layer_power_watts", model="remote_net", index="0001") == 50.0
+        assert daemon.value("jetson_layer_call_power_watts", model="remote_net", index="0001") == 50.0
         assert daemon.post("/api/v1/layer", dict(LAYER, model="local_net"))[0] == 200, "loopback needs no token"
         print("token: %d wrong/missing credentials refused with 401, right token accepted" % (len(refused) + 1))
 
