@@ -15,6 +15,7 @@ from tests.support.prom import contract_metrics, promtool_check
 OPENMETRICS = "application/openmetrics-text;version=1.0.0"
 
 
+@pytest.mark.system
 def test_metrics_are_clean_in_both_formats_and_label_the_simulation():
     with Daemon("--source", "sim") as daemon:
         time.sleep(0.3)
@@ -86,6 +87,7 @@ def test_energy_counter_and_window_api_match_a_replayed_trace(tmp_path):
         assert daemon.get("/api/v1/energy")[0] == 400
 
 
+@pytest.mark.system
 def test_write_api_validates_and_integrates_layer_energy():
     with Daemon("--source", "sim") as daemon:
         ok = {"model": "resnet18", "index": 7, "layer": "ReLU_7", "op": "ReLU", "state": "begin"}

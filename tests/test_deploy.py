@@ -62,6 +62,7 @@ def promtool(*args, cwd=ROOT):
 # -- Prometheus ------------------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_prometheus_yml_passes_promtool_with_the_compose_mounts(tmp_path):
     """The file as the container sees it: its rule and file_sd paths resolved through the mounts."""
     conf = load_yaml(prom.PROMETHEUS_YML)
@@ -100,6 +101,7 @@ def test_prometheus_yml_content():
         assert all(group["targets"] for group in groups)
 
 
+@pytest.mark.system
 def test_rules_pass_promtool_check_and_unit_tests():
     check = promtool("check", "rules", prom.RULES_YML)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -117,6 +119,7 @@ def test_rules_use_only_contract_metrics():
     assert {"jetson_energy_joules_total", "jetson_power_up", "up"} <= names
 
 
+@pytest.mark.system
 def test_power_budget_override_per_board(tmp_path):
     """The documented way to give one board its own budget, run through promtool test rules."""
     (tmp_path / "budgets.yml").write_text(textwrap.dedent("""\

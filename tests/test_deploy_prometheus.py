@@ -18,6 +18,8 @@ from exporter.sources.replay import trace_energy_joules
 from tests.support import prom
 from tests.support.daemon import Daemon, write_trace
 
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
 TRACE_S = 14.0  # long enough for >= 6 scrapes while the sensor is up
 ROW_S = 0.02
 SCRAPE_S = 1

@@ -53,6 +53,7 @@ def tree(root):
 # -- the unit --------------------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_exposure_score_is_at_most_1_5():
     result = systemd_analyze("security", "--offline=true", UNIT)
     match = re.search(r"Overall exposure level for %s: (\d+\.\d+)" % re.escape(UNIT_NAME), result.stdout)
@@ -120,6 +121,7 @@ def verify_root(root):
     return systemd_analyze("verify", "--root=" + root, os.path.join(root, "etc", "systemd", "system", UNIT_NAME))
 
 
+@pytest.mark.system
 def test_install_into_a_venv_then_systemd_analyze_verify_is_silent(tmp_path):
     """A real venv with the real entry point, pip offline with a wheel of this checkout."""
     wheel = build_wheel(tmp_path)

@@ -367,6 +367,8 @@ def test_nvml_error_and_counter_reset(monkeypatch):
 # --- jtop: the real jetson-stats service is killed and started again ------------------------------
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_jtop_service_restart(tmp_path):
     problem = sandbox_problem()
     if problem:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import validate
+from exporter import contract, validate
 from exporter.collector import PowerCollector
 from exporter.layers import LayerBoard, LayerLimitError
 from exporter.sampler import Sampler
@@ -202,9 +202,10 @@ def test_any_write_body_is_accepted_or_refused_with_a_reason_and_metrics_stay_pa
     for family in families:
         for sample in family.samples:
             for value in sample.labels.values():
-                assert validate.LABEL_RE.match(value) and len(value) <= 128, value
+                assert contract.LABEL_RE.match(value) and len(value) <= contract.MAX_LABEL_CHARS, value
 
 
+@pytest.mark.system
 def test_in_process_write_fuzz_left_clean_metrics():
     board = _STATE.get("board")
     if board is None:
@@ -397,6 +398,8 @@ _MALFORMED = [
 ]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_http_fuzz_ten_thousand_requests_no_crash_no_5xx_clean_metrics(live):
     import psutil
 
@@ -465,6 +468,7 @@ def test_http_fuzz_ten_thousand_requests_no_crash_no_5xx_clean_metrics(live):
 # --- cardinality bound and active-layer expiry, through the live daemon -----------------------------
 
 
+@pytest.mark.system
 def test_layer_series_are_bounded_evicted_lru_and_stuck_layers_expire():
     models, layers, timeout = 3, 10, 0.5
     with Daemon("--source", "sim", "--max-models", str(models), "--max-layers", str(layers),

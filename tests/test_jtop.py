@@ -66,6 +66,8 @@ def _service_log(work: Path) -> str:
     return "\n--- service log ---\n" + log.read_text()[-3000:] if log.exists() else ""
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_watts_are_the_values_in_the_fake_ina3221(scenario):
     first = scenario["reads"][0]
     assert first["total"] == pytest.approx(7.5)
@@ -76,6 +78,8 @@ def test_watts_are_the_values_in_the_fake_ina3221(scenario):
     assert scenario["interval"] == pytest.approx(INTERVAL_S)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_each_read_is_a_new_sample_and_never_blocks_long(scenario):
     stamps = [read["t"] for read in scenario["reads"]]
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -83,6 +87,8 @@ def test_each_read_is_a_new_sample_and_never_blocks_long(scenario):
     assert max(read["took"] for read in scenario["reads"]) < 1.5 * INTERVAL_S + 0.2
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_readings_follow_the_sensor_files(scenario):
     changed = scenario["changed"]
     assert changed is not None, "the new current never showed up"
@@ -91,11 +97,15 @@ def test_readings_follow_the_sensor_files(scenario):
     assert changed["total"] == pytest.approx(7.5)
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_second_client_reports_the_rate_in_force(scenario):
     assert scenario["second_interval"] == pytest.approx(INTERVAL_S)
     assert any("not the requested 1 s" in line for line in scenario["warnings"]), scenario["warnings"]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_service_killed_gives_sensor_errors_then_recovers(scenario):
     assert scenario["no_service"] and "not found" in scenario["no_service"]
     killed = scenario["after_kill"]
@@ -108,6 +118,8 @@ def test_service_killed_gives_sensor_errors_then_recovers(scenario):
     assert recovered["t"] > scenario["reads"][-1]["t"]
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_hung_service_repeats_then_errors_without_blocking(scenario):
     seen = scenario["while_stopped"]
     assert max(took for _, _, took in seen) < 1.5 * INTERVAL_S + 0.2, seen
@@ -117,6 +129,8 @@ def test_hung_service_repeats_then_errors_without_blocking(scenario):
     assert scenario["resumed"] is not None, "no new sample after the service resumed"
 
 
+@pytest.mark.system
+@pytest.mark.slow
 def test_host_is_left_untouched(scenario):
     assert not scenario["host_fake_sys"]
     assert not scenario["host_socket_changed"]

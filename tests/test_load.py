@@ -14,9 +14,13 @@ import json
 import threading
 import time
 
+import pytest
+
 from tests.support.daemon import Daemon
 from tests.support.prom import promtool_check
 from tests.support.sysfs_boards import build_board
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 SCRAPERS = 20
 SECONDS = 60.0

@@ -80,6 +80,7 @@ class Burn(nn.Module):
         return x + 1
 
 
+@pytest.mark.slow
 def test_settled_estimator_recovers_the_true_dynamic_energy():
     board = TrueBoard(idle_w=3.0)
     big, small = Burn(board, 2.0, 0.004), Burn(board, 0.5, 0.001)

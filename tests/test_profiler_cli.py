@@ -35,6 +35,7 @@ def outputs(out_dir, model):
     return [os.path.join(out_dir, "%s_layerwise_%s" % (model, s)) for s in SUFFIXES]
 
 
+@pytest.mark.slow
 def test_vgg11_end_to_end(tmp_path):
     out = str(tmp_path / "results")
     proc = run_cli("--model", "vgg11", "--out", out, *FAST)
@@ -113,6 +114,7 @@ def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, case):
         assert os.listdir(out) == []
 
 
+@pytest.mark.slow
 def test_sigint_writes_what_was_measured(tmp_path):
     out = str(tmp_path / "results")
     args = [a if a != "0.05" else "0.1" for a in FAST] + ["--trials", "3"]
@@ -145,6 +147,7 @@ def test_sigint_writes_what_was_measured(tmp_path):
     assert "INCOMPLETE" in stdout
 
 
+@pytest.mark.slow
 def test_torchscript_file_and_factory_with_keywords(tmp_path):
     (tmp_path / "kwnet.py").write_text(
         "import torch\n"
@@ -198,6 +201,7 @@ def test_no_daemon_costs_one_warning(tmp_path):
     assert meta["measured_via"] == "in-process sampler"
 
 
+@pytest.mark.slow
 def test_live_push_to_a_real_daemon(tmp_path):
     with Daemon("--source", "sim") as daemon:
         proc = subprocess.Popen(

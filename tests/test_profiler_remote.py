@@ -62,6 +62,7 @@ def _model_series(daemon, metric, model):
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_the_cli_on_another_host_pushes_over_mtls_with_the_token(netns, pki, remote_daemon, tmp_path):
     work = write_tiny_model(tmp_path)
     proc = _profile_remotely(netns, work, "--exporter", remote_daemon.remote_url,
@@ -79,6 +80,7 @@ def test_the_cli_on_another_host_pushes_over_mtls_with_the_token(netns, pki, rem
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_without_the_token_or_the_certificate_a_remote_profile_warns_once_and_goes_on(
         netns, pki, remote_daemon, tmp_path):
     work = write_tiny_model(tmp_path)

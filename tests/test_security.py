@@ -14,6 +14,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.daemon import Daemon, assert_one_line_error, free_port, run_cli
 from tests.support.pki import TlsDaemon, host_context
 
@@ -27,6 +29,7 @@ def _all_interfaces(port):
     return ("--listen", "0.0.0.0:%d" % port)
 
 
+@pytest.mark.system
 def test_remote_writes_are_refused_without_a_token_and_reads_stay_open(netns):
     port = free_port()
     with Daemon("--source", "sim", *_all_interfaces(port), port=port) as daemon:
@@ -52,6 +55,7 @@ def test_remote_writes_are_refused_without_a_token_and_reads_stay_open(netns):
               % (netns.peer_ip, netns.host_ip, len(attempts)))
 
 
+@pytest.mark.system
 def test_remote_writes_need_the_bearer_token_from_the_file(netns, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
@@ -84,6 +88,7 @@ def test_remote_writes_need_the_bearer_token_from_the_file(netns, tmp_path):
         print("token: %d wrong/missing credentials refused with 401, right token accepted" % (len(refused) + 1))
 
 
+@pytest.mark.system
 def test_https_scrape_and_plain_http_gets_no_answer(netns, pki):
     port = free_port()
     tls = ("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"))
@@ -102,6 +107,7 @@ def test_https_scrape_and_plain_http_gets_no_answer(netns, pki):
         assert code == 200
 
 
+@pytest.mark.system
 def test_mtls_refuses_clients_without_a_certificate_from_the_ca(netns, pki):
     port = free_port()
     tls = ("--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
@@ -123,6 +129,7 @@ def test_mtls_refuses_clients_without_a_certificate_from_the_ca(netns, pki):
         assert daemon.get("/healthz")[0] == 200, "the daemon still serves after the refused handshakes"
 
 
+@pytest.mark.system
 def test_tls_and_token_settings_are_checked_before_anything_starts(pki, tmp_path):
     cert, key, ca = str(pki / "server.pem"), str(pki / "server.key"), str(pki / "ca.pem")
     missing = str(tmp_path / "missing.pem")
