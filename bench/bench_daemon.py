@@ -48,7 +48,7 @@ def percentile(values, q):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--board", default="agx_orin", help="sysfs tree to read (tests/sysfs_boards.py)")
+    parser.add_argument("--board", default="agx_orin", help="sysfs tree to read (tests/support/sysfs_boards.py)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the idle phase")
     parser.add_argument("--scrapes", type=int, default=1000, help="sequential /metrics requests")
     args = parser.parse_args()

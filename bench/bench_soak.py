@@ -4,7 +4,7 @@ Target (issue 5): RSS drift under 1 MB after warm-up, and no sample gap.
 
     .venv/bin/python bench/bench_soak.py [--minutes 10] [--board agx_orin] [--json FILE]
 
-The daemon reads a kernel-shaped sysfs tree (tests/sysfs_boards.py) through
+The daemon reads a kernel-shaped sysfs tree (tests/support/sysfs_boards.py) through
 the hwmon source, the path a real board takes.  While it runs:
 
 * ``--scrapers`` Prometheus-like clients GET /metrics every ``--scrape-interval``
@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
     parser.add_argument("--warmup-minutes", type=float, default=None,
                         help="excluded from the drift (default: a fifth of the run, at most 2)")
-    parser.add_argument("--board", default="agx_orin", help="sysfs tree to read (tests/sysfs_boards.py)")
+    parser.add_argument("--board", default="agx_orin", help="sysfs tree to read (tests/support/sysfs_boards.py)")
     parser.add_argument("--hz", type=float, default=100.0, help="--sample-hz of the daemon")
     parser.add_argument("--scrapers", type=int, default=4)
     parser.add_argument("--scrape-interval", type=float, default=1.0)
