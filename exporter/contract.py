@@ -40,7 +40,7 @@ RESULT_ROW_FIELDS = (("index", COUNT), ("layer", LABEL), ("op", LABEL), ("energy
                      ("dynamic_energy_j", SIGNED), ("duration_s", AMOUNT), ("power_w", AMOUNT))
 RESULTS_FIELDS = ("model", "layers", "replace")  # "replace" defaults to true: drop the model's older rows
 # What the profiler needs from GET /api/v1/energy; the answer carries more (start, end, rails, mean_watts).
-ENERGY_ANSWER_FIELDS = (("total_joules", AMOUNT), ("samples", COUNT), ("covered_seconds", AMOUNT))
+ENERGY_ANSWER_FIELDS = (("total_joules", SIGNED), ("samples", COUNT), ("covered_seconds", AMOUNT))
 
 
 class ContractError(ValueError):

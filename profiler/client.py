@@ -8,6 +8,7 @@ Every setting is checked when the client is made, so a wrong path is bad
 input (one line, exit 2) before anything is measured.
 """
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -75,7 +76,7 @@ class DaemonClient:
             except (ValueError, AttributeError):
                 reason = ""
             raise DaemonError("exporter %s: HTTP %d %s" % (path, exc.code, reason or exc.reason)) from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, reset, cut short, not JSON
             raise DaemonError("exporter at %s: %s" % (self.url, one_line(exc))) from None
         if not isinstance(data, dict):
             raise DaemonError("exporter %s: the answer is not a JSON object" % path)
