@@ -1,6 +1,7 @@
 """One write contract (exporter/contract.py): what the profiler builds, the real daemon accepts, and back."""
 
 import json
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -104,5 +105,10 @@ def test_the_live_daemon_accepts_every_body_the_contract_builds_and_answers_in_i
 
 
 def _recent_window(daemon):
-    samples = json.loads(daemon.get(contract.SAMPLES_PATH + "?since=0")[2])["samples"]
-    return samples[0]["t"], samples[-1]["t"]
+    """From the first buffered sample to the last, once there are two."""
+    for _ in range(400):
+        samples = json.loads(daemon.get(contract.SAMPLES_PATH + "?since=0")[2])["samples"]
+        if len(samples) >= 2:
+            return samples[0]["t"], samples[-1]["t"]
+        time.sleep(0.05)
+    raise AssertionError("the daemon took fewer than two samples")
