@@ -13,10 +13,11 @@ import json
 import logging
 import math
 import socket
+import socketserver
 import ssl
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,7 +45,9 @@ class _OpenMetricsView:
         return self._collector.collect(openmetrics=True)
 
 
-class ExporterServer(ThreadingHTTPServer):
+class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
+    """One thread per connection (what http.server.ThreadingHTTPServer is on 3.7+; spelled out for 3.6)."""
+
     daemon_threads = True
     request_queue_size = 128
     allow_reuse_address = True

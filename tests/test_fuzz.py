@@ -57,7 +57,7 @@ def boards(tmp_path_factory):
     built = {}
     for key in ("agx_orin", "nano", "thor"):
         tree = build_board(str(tmp_path_factory.mktemp(key)), key)
-        built[key] = (tree, hwmon.open(None, sysfs_root=str(tree.root)))
+        built[key] = (tree, hwmon.make_source(None, sysfs_root=str(tree.root)))
     return built
 
 
@@ -100,7 +100,7 @@ def test_sysfs_attributes_read_at_open_never_raise_anything_but_unavailable(boar
     try:
         path.write_bytes(content)
         try:
-            source = hwmon.open(None, sysfs_root=str(tree.root))
+            source = hwmon.make_source(None, sysfs_root=str(tree.root))
         except SourceUnavailable:
             return
         try:

@@ -151,7 +151,7 @@ def test_argument_is_rejected():
     from exporter.sources import jtop as jtop_source
 
     with pytest.raises(ValueError, match="takes no argument"):
-        jtop_source.open("something")
+        jtop_source.make_source("something")
 
 
 # ---------------------------------------------------------------------------
@@ -236,12 +236,12 @@ def _scenario(work: Path) -> dict:
     os.chdir(str(REPO))
     out = {"warnings": warnings}
     try:
-        jtop_source.open(None)
+        jtop_source.make_source(None)
     except SourceUnavailable as exc:
         out["no_service"] = str(exc)
     service = _start_service()
     try:
-        source = jtop_source.open(None, interval_s=INTERVAL_S)
+        source = jtop_source.make_source(None, interval_s=INTERVAL_S)
         out["interval"] = source.update_interval_s
         out["board"] = source.board
         out["reads"] = [_timed_read(source) for _ in range(5)]
@@ -249,7 +249,7 @@ def _scenario(work: Path) -> dict:
         set_rail(Path("/fake_sys"), 2, 5000, 900)
         out["changed"] = _read_until(source, lambda r: r["rails"]["VDD_CPU_GPU_CV"] > 2.0, 5)
 
-        second = jtop_source.open(None, interval_s=1.0)
+        second = jtop_source.make_source(None, interval_s=1.0)
         out["second_interval"] = second.update_interval_s
         second.close()
 

@@ -185,7 +185,7 @@ def fake_path(monkeypatch, tmp_path):
 def test_live_not_on_path(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SourceUnavailable, match="tegrastats not found on PATH"):
-        tegrastats.open(None)
+        tegrastats.make_source(None)
 
 
 def _read_until(source, predicate, timeout_s=5.0):
@@ -219,13 +219,13 @@ def test_live_reads_latest_line(fake_path):
 
 
 def test_live_default_interval(fake_path):
-    with tegrastats.open(None) as source:
+    with tegrastats.make_source(None) as source:
         assert source.update_interval_s == pytest.approx(0.1)
     assert fake_path.read_text().strip() == "--interval 100"
 
 
 def test_live_close_terminates_child(fake_path):
-    source = tegrastats.open(None, interval_s=0.02)
+    source = tegrastats.make_source(None, interval_s=0.02)
     child = source._child
     source.close()
     assert child.proc.poll() is not None
@@ -237,19 +237,19 @@ def test_live_close_terminates_child(fake_path):
 def test_live_board_without_monitor_is_unavailable(fake_path, monkeypatch):
     monkeypatch.setenv("FAKE_TEGRASTATS_BOARD", "Nano 2GB")
     with pytest.raises(SourceUnavailable, match="no power fields"):
-        tegrastats.open(None, interval_s=0.02)
+        tegrastats.make_source(None, interval_s=0.02)
 
 
 def test_live_child_that_exits_at_once_is_unavailable(fake_path, monkeypatch):
     monkeypatch.setenv("FAKE_TEGRASTATS_BOARD", "no such board")
     with pytest.raises(SourceUnavailable, match=r"exited with code 1: fake tegrastats: no fixture row"):
-        tegrastats.open(None, interval_s=0.02)
+        tegrastats.make_source(None, interval_s=0.02)
 
 
 def test_live_death_and_restart(fake_path, monkeypatch):
     monkeypatch.setenv("FAKE_TEGRASTATS_EXIT_AFTER", "3")
     monkeypatch.setenv("FAKE_TEGRASTATS_EXIT_CODE", "7")
-    with tegrastats.open(None, interval_s=0.02, restart_backoff_s=0.5) as source:
+    with tegrastats.make_source(None, interval_s=0.02, restart_backoff_s=0.5) as source:
         source.read()
         deadline = time.monotonic() + 5
         while True:
@@ -274,7 +274,7 @@ def test_live_death_and_restart(fake_path, monkeypatch):
 def test_live_hung_child_is_killed_and_restarted(fake_path, monkeypatch):
     monkeypatch.setenv("FAKE_TEGRASTATS_EXIT_AFTER", "2")
     monkeypatch.setenv("FAKE_TEGRASTATS_HANG", "1")
-    with tegrastats.open(None, interval_s=0.02, restart_backoff_s=0.05) as source:
+    with tegrastats.make_source(None, interval_s=0.02, restart_backoff_s=0.05) as source:
         hung = source._child.proc
         messages = []
         deadline = time.monotonic() + 6
@@ -321,7 +321,7 @@ def test_replay_undated_log_at_interval(tmp_path):
 def test_replay_undated_default_is_one_second(tmp_path):
     log = tmp_path / "xavier.log"
     log.write_text(LINES["AGX Xavier 16GB"] + "\n")
-    source = tegrastats.open(str(log))
+    source = tegrastats.make_source(str(log))
     assert source.update_interval_s == 1.0
     assert source.read().total_watts == pytest.approx(3.113)
 
@@ -332,7 +332,7 @@ def test_replay_dated_log_takes_interval_from_dates(tmp_path):
     dated = ["11-22-2023 10:31:0%d %s" % (2 if k < 10 else 3, body) for k in range(11)]
     log = tmp_path / "orin.log"
     log.write_text("\n".join(dated) + "\n\n")
-    source = tegrastats.open(str(log), interval_s=5.0)
+    source = tegrastats.make_source(str(log), interval_s=5.0)
     assert source.update_interval_s == pytest.approx(0.1)
     assert source.read().total_watts == pytest.approx(12.479)
     time.sleep(1.15)
@@ -343,7 +343,7 @@ def test_replay_dated_log_takes_interval_from_dates(tmp_path):
 def test_replay_line_without_power_is_a_read_error(tmp_path):
     log = tmp_path / "mixed.log"
     log.write_text("%s\n%s\n" % (LINES["Nano 2GB"], LINES["Nano 4GB"]))
-    source = tegrastats.open(str(log), interval_s=0.3)
+    source = tegrastats.make_source(str(log), interval_s=0.3)
     with pytest.raises(SensorReadError, match="no power fields") as info:
         source.read()
     assert not isinstance(info.value, TraceEnded)
@@ -352,12 +352,12 @@ def test_replay_line_without_power_is_a_read_error(tmp_path):
 
 def test_replay_unusable_logs(tmp_path):
     with pytest.raises(SourceUnavailable, match="cannot read"):
-        tegrastats.open(str(tmp_path / "missing.log"))
+        tegrastats.make_source(str(tmp_path / "missing.log"))
     empty = tmp_path / "empty.log"
     empty.write_text("\n")
     with pytest.raises(SourceUnavailable, match="no lines"):
-        tegrastats.open(str(empty))
+        tegrastats.make_source(str(empty))
     nano2 = tmp_path / "nano2gb.log"
     nano2.write_text(LINES["Nano 2GB"] + "\n")
     with pytest.raises(SourceUnavailable, match="no power fields"):
-        tegrastats.open(str(nano2))
+        tegrastats.make_source(str(nano2))

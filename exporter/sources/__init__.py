@@ -24,7 +24,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Each module exposes ``open(arg, **options) -> PowerSource`` and raises
+# Each module exposes ``make_source(arg, **options) -> PowerSource`` and raises
 # SourceUnavailable with a one-line reason when it cannot run here.
 SOURCE_NAMES = ("hwmon", "jtop", "tegrastats", "nvml", "rapl", "sim", "replay")
 
@@ -35,7 +35,7 @@ AUTO_ORDER = ("jtop", "hwmon", "tegrastats", "nvml", "rapl", "sim")
 
 def _opener(name: str) -> Callable[..., PowerSource]:
     module = importlib.import_module("." + name, __name__)
-    return module.open
+    return module.make_source
 
 
 def parse_spec(spec: str) -> Tuple[str, Optional[str]]:

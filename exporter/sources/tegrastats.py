@@ -7,11 +7,10 @@ JetPack 4, ``VDD_IN 5072mW/5072mW`` from JetPack 5, three values per rail on
 JetPack 7.2); :func:`parse_line` reads all of them and always takes the first
 value, the instantaneous one, because the others are running averages/peaks.
 
-``open(None)`` runs ``tegrastats --interval MS`` and serves its latest line;
-``open("run.log")`` replays a ``tegrastats --logfile`` recording in real time.
+``make_source(None)`` runs ``tegrastats --interval MS`` and serves its latest line;
+``make_source("run.log")`` replays a ``tegrastats --logfile`` recording in real time.
 """
 
-import builtins
 import datetime
 import math
 import re
@@ -281,7 +280,7 @@ def _reap(child: _Child) -> None:
 
 
 class ReplayedTegrastats(PowerSource):
-    """A ``tegrastats --logfile`` recording played back in real time from open().
+    """A ``tegrastats --logfile`` recording played back in real time from make_source().
 
     Line k is served from ``t0 + k * interval`` on, stamped with that instant,
     so the sampler integrates the recording exactly as it was measured.
@@ -292,7 +291,7 @@ class ReplayedTegrastats(PowerSource):
 
     def __init__(self, path: str, interval_s: Optional[float]) -> None:
         try:
-            with builtins.open(path, encoding="utf-8", errors="replace") as handle:
+            with open(path, encoding="utf-8", errors="replace") as handle:
                 lines = [line.strip() for line in handle if line.strip()]
         except OSError as exc:
             raise SourceUnavailable("cannot read tegrastats log %s: %s" % (path, exc)) from exc
@@ -343,7 +342,7 @@ def _replay_interval(lines: List[str], interval_s: Optional[float]) -> float:
     return DEFAULT_REPLAY_INTERVAL_S
 
 
-def open(arg: Optional[str], interval_s: Optional[float] = None, **options) -> PowerSource:
+def make_source(arg: Optional[str], interval_s: Optional[float] = None, **options) -> PowerSource:
     """``tegrastats`` (live child process) or ``tegrastats:PATH`` (replay a saved log).
 
     Options: ``interval_s`` (live: the ``--interval`` asked of tegrastats,
