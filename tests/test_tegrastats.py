@@ -1,8 +1,10 @@
 """tegrastats source: the parser on real published lines, a live fake child, replayed logs."""
 
 import csv
+import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 
 from exporter.sources import SensorReadError, SourceUnavailable, TraceEnded, open_source, tegrastats
 from exporter.sources.rails import total_of
-from exporter.sources.tegrastats import NO_POWER_FIELDS, board_from_rails, parse_line
+from exporter.sources.tegrastats import NO_POWER_FIELDS, NotTegrastatsLine, board_from_rails, parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "tegrastats-samples.tsv"
@@ -22,6 +24,11 @@ with FIXTURE.open(newline="") as _handle:
     ROWS = list(csv.DictReader(_handle, delimiter="\t"))
 LINES = {row["board"]: row["line"] for row in ROWS}
 POWERED = [row for row in ROWS if row["board"] != "Nano 2GB"]
+
+# What else lands in a log recorded as people record it (``date; nvpmodel -q; tegrastats``) or in the pipe.
+OTHER_LINES = ["Wed Dec  2 13:31:30 UTC 2026", "NV Power Mode: MAXN", "0", "", "   ",
+               "nvidia@jetson-nano:~$ sudo tegrastats --interval 100 --logfile run.log",
+               "NV Fan Mode:quiet"]
 
 
 # Totals worked out by hand from the lines in the fixture (first value of each rail).
@@ -144,6 +151,22 @@ def test_no_power_fields_is_a_clear_error_never_zero():
     assert "no power fields in tegrastats line (this board has no power monitor?)" in NO_POWER_FIELDS
 
 
+@pytest.mark.parametrize("line", OTHER_LINES)
+def test_other_lines_are_not_tegrastats_lines(line):
+    with pytest.raises(NotTegrastatsLine):
+        parse_line(line)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row["board"])
+def test_every_fixture_line_is_a_tegrastats_line(row):
+    try:
+        parse_line(row["line"])
+    except NotTegrastatsLine:
+        pytest.fail("a real tegrastats line was taken for another line")
+    except ValueError as exc:  # only the board without a power monitor
+        assert row["board"] == "Nano 2GB" and str(exc) == NO_POWER_FIELDS
+
+
 _TOKENS = st.one_of(
     st.text(max_size=12),
     st.sampled_from(["VDD_IN", "POM_5V_IN", "VIN", "NC", "RAM", "GPU", "VDDQ_VDD2_1V8AO", "VIN_SYS_5V0", "CPU"]),
@@ -162,6 +185,9 @@ _TOKENS = st.one_of(
 def test_garbage_never_crashes(line):
     try:
         total, rails = parse_line(line)
+    except NotTegrastatsLine:
+        assert not re.search(r"(?<!\S)RAM \d+/\d+MB(?!\S)", line)  # tegrastats' own first field
+        return
     except ValueError as exc:
         assert str(exc) == NO_POWER_FIELDS
         return
@@ -216,6 +242,13 @@ def test_live_reads_latest_line(fake_path):
         assert 0.005 < later.timestamp - first.timestamp < 1.0
         assert source.describe()["source"] == "tegrastats"
     assert fake_path.read_text().split("\n")[0] == "--interval 20"
+
+
+def test_live_skips_and_counts_lines_that_are_not_tegrastats(fake_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TEGRASTATS_PREAMBLE", "|".join(OTHER_LINES))
+    with tegrastats.make_source(None, interval_s=0.02) as source:
+        assert source.read().total_watts == pytest.approx(HAND_TOTALS["AGX Orin 64GB"])
+        assert source.describe()["skipped_lines"] == str(len(OTHER_LINES))
 
 
 def test_live_default_interval(fake_path):
@@ -348,6 +381,31 @@ def test_replay_line_without_power_is_a_read_error(tmp_path):
         source.read()
     assert not isinstance(info.value, TraceEnded)
     assert _read_until(source, lambda r: True).total_watts == pytest.approx(1.75)
+
+
+def test_replay_skips_and_counts_lines_that_are_not_tegrastats(tmp_path, caplog):
+    # date; nvpmodel -q; tegrastats --interval 500 --logfile (JetPack 5 lines carry their own date)
+    body = _undated(LINES["Xavier NX 8GB"])
+    dated = ["07-09-2024 13:31:%02d %s" % (30 + k // 2, body) for k in range(5)]
+    log = tmp_path / "recorded.log"
+    log.write_text("\n".join(OTHER_LINES[:2] + dated[:3] + OTHER_LINES[2:] + dated[3:]) + "\n")
+    with caplog.at_level(logging.INFO, logger="exporter.sources.tegrastats"):
+        source = tegrastats.make_source(str(log))
+    assert "skipped %d lines" % len(OTHER_LINES) in caplog.text
+    assert source.describe()["skipped_lines"] == str(len(OTHER_LINES))
+    assert source.board == "jetson-xavier-nx/orin-nx/orin-nano (from tegrastats rails)"
+    assert source.update_interval_s == pytest.approx(0.5)  # from the dates of the tegrastats lines only
+    assert source.read().total_watts == pytest.approx(HAND_TOTALS["Xavier NX 8GB"])
+    time.sleep(2.6)
+    with pytest.raises(TraceEnded, match="ended after 5 lines"):
+        source.read()
+
+
+def test_replay_of_other_lines_only_is_unavailable(tmp_path):
+    log = tmp_path / "prompt.log"
+    log.write_text("\n".join(OTHER_LINES) + "\n")
+    with pytest.raises(SourceUnavailable, match="no tegrastats lines"):
+        tegrastats.make_source(str(log))
 
 
 def test_replay_unusable_logs(tmp_path):
