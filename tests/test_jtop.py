@@ -128,6 +128,17 @@ def test_hung_service_repeats_then_errors_without_blocking(scenario):
     assert scenario["resumed"] is not None, "no new sample after the service resumed"
 
 
+def test_auto_prefers_readable_monitors_over_a_running_service(scenario):
+    name, skipped = scenario["auto_with_monitors"]
+    assert name == "hwmon" and skipped == []
+
+
+def test_auto_uses_the_service_where_sysfs_is_unreadable(scenario):
+    name, skipped = scenario["auto_without_sysfs"]
+    assert name == "jtop"
+    assert len(skipped) == 1 and skipped[0].startswith("hwmon: "), skipped
+
+
 def test_host_is_left_untouched(scenario):
     assert not scenario["host_fake_sys"]
     assert not scenario["host_socket_changed"]
@@ -218,8 +229,9 @@ def _read_until(source, predicate, seconds):
 
 def _scenario(work: Path) -> dict:
     from jtop_fake_sys import build_fake_sys, private_root, set_rail
+    from sysfs_boards import build_board
 
-    from exporter.sources import SensorReadError, SourceUnavailable
+    from exporter.sources import SensorReadError, SourceUnavailable, open_source
     from exporter.sources import jtop as jtop_source
 
     warnings = []
@@ -252,6 +264,12 @@ def _scenario(work: Path) -> dict:
         second = jtop_source.make_source(None, interval_s=1.0)
         out["second_interval"] = second.update_interval_s
         second.close()
+
+        build_board("/tmp/orin-sys", "orin_nano")
+        os.mkdir("/tmp/no-sys")
+        for key, sysfs_root in (("auto_with_monitors", "/tmp/orin-sys"), ("auto_without_sysfs", "/tmp/no-sys")):
+            with open_source("auto", sysfs_root=sysfs_root, interval_s=INTERVAL_S) as chosen:
+                out[key] = [chosen.name, list(chosen.auto_skipped)]
 
         out["stopped_at"] = time.monotonic()
         os.killpg(service.pid, signal.SIGSTOP)
