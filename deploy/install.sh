@@ -178,6 +178,11 @@ print(version("jetson-stats"))' 2>/dev/null || true)
         fi
         # PIP_ARGS and extra are word lists on purpose; no globbing of "[jtop]".
         set -f
+        # Ubuntu 18.04's venv brings pip 9, which can neither build this package nor read
+        # manylinux2014 wheels: upgrade it first (to 21.3.1, the last for Python 3.6, there).
+        # shellcheck disable=SC2086
+        "$DESTDIR$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --upgrade $PIP_ARGS pip || say "could not upgrade pip in $VENV; trying with the one it has"
         # shellcheck disable=SC2086
         "$DESTDIR$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
             --upgrade $PIP_ARGS $extra
