@@ -77,7 +77,7 @@ torch() {
     pyver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
     jp=$(jetpack "$rel")
     echo "no torch importable (the exporter runs without it; the profiler needs it): install NVIDIA's wheel for" \
-        "${jp:+JetPack $jp }(${rel:-L4T release unknown}, Python $pyver) system-wide from $(wheel_page "$rel"), then re-run"
+        "${jp:+JetPack $jp }(${rel:-L4T release unknown}, Python $pyver) system-wide from $(wheel_page "$rel"); this venv sees it there"
 }
 
 case "${1:-}" in
