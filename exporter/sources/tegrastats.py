@@ -122,8 +122,7 @@ class _Child:
         self.latest: Optional[Union[Reading, str]] = None
         self.last_text = ""  # last line that was not a reading, for error messages
         self.bad_lines = 0  # lines without power since the last reading
-        self.skipped_lines = 0  # lines that were not tegrastats lines
-        self.last_skipped = ""
+        self.last_skipped = ""  # last line that was not tegrastats output
         self.returncode: Optional[int] = None
         self.thread: Optional[threading.Thread] = None
 
@@ -211,7 +210,6 @@ class LiveTegrastats(PowerSource):
 
     def _skip(self, child: _Child, text: str) -> None:
         with self._lock:
-            child.skipped_lines += 1
             child.last_skipped = text
             self.skipped_lines += 1
             count = self.skipped_lines
@@ -232,7 +230,7 @@ class LiveTegrastats(PowerSource):
                 if left <= 0:
                     break
                 self._changed.wait(left)
-            latest, code = child.latest, child.returncode
+            latest, code, skipped = child.latest, child.returncode, self.skipped_lines
             last_text = child.last_text or child.last_skipped
         if isinstance(latest, Reading):
             return
@@ -241,9 +239,9 @@ class LiveTegrastats(PowerSource):
             raise SourceUnavailable(_exit_message(code, last_text))
         if isinstance(latest, str):
             raise SourceUnavailable(latest)
-        if child.skipped_lines:
+        if skipped:
             raise SourceUnavailable("tegrastats printed no tegrastats line within %g s, only %d other lines (last: %r)"
-                                    % (timeout_s, child.skipped_lines, child.last_skipped))
+                                    % (timeout_s, skipped, child.last_skipped))
         raise SourceUnavailable("tegrastats printed no line within %g s" % timeout_s)
 
     def read(self) -> Reading:
@@ -297,7 +295,6 @@ class LiveTegrastats(PowerSource):
                 child.proc.kill()
                 child.proc.wait()
         _reap(child)
-
 
     def describe(self) -> Dict[str, str]:
         facts = super().describe()
