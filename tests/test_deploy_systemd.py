@@ -383,6 +383,22 @@ def test_install_off_a_jetson_keeps_the_venv_isolated(tmp_path):
         assert "include-system-site-packages = false" in handle.read()
 
 
+def test_reinstall_on_a_jetson_opens_an_isolated_venv_to_the_system_site(tmp_path):
+    """A venv an older install.sh made without the system site-packages is switched over, not rebuilt."""
+    wheel = build_wheel(tmp_path)
+    python, site = system_python(tmp_path, torch_version="1.10.0")
+    (tmp_path / "pc").mkdir()
+    args = ["sh", INSTALL, "--destdir", str(tmp_path / "root"), "--python", python, "--jtop", "no", "--package", wheel]
+    first = subprocess.run(args + ["--pip-args", "--no-deps"], capture_output=True, text=True, timeout=300,
+                           env=offline_env(str(tmp_path / "pc")))
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, env=offline_env(jetson_root(tmp_path)))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "venv /opt/jetson-power-exporter/venv now uses the system site-packages" in again.stdout
+    assert "creating venv" not in again.stdout
+    assert "using torch 1.10.0 from %s" % site in again.stdout
+
+
 def test_make_on_a_jetson_uses_the_system_site_and_installs_no_torch(tmp_path):
     """What `make demo`/`make test` would run to set up the venv (make -n: nothing is installed)."""
     def plan(board):
