@@ -99,7 +99,7 @@ def build_wheel(tmp_path):
     readme = os.path.join(ROOT, "README.md")
     if os.path.exists(readme):
         shutil.copy(readme, str(src / "README.md"))
-    else:  # pyproject names it; its text does not matter to the install
+    else:  # setup.cfg names it; its text does not matter to the install
         (src / "README.md").write_text("jetson-power-exporter\n")
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
