@@ -226,3 +226,21 @@ def test_board_probes_read_the_tools_as_they_print(monkeypatch, tmp_path):
     assert jetson_clocks_state(empty_sys) == "on"
     monkeypatch.setenv("PATH", str(tmp_path))  # off a Jetson
     assert nvpmodel_mode() is None and jetson_clocks_state(empty_sys) is None
+
+
+def test_a_torchscript_graph_this_torch_cannot_edit_is_not_blamed_on_the_input(monkeypatch):
+    """torch 1.10 once failed inside the graph editing, and that read as "the model rejects the example input"."""
+    capture_module = sys.modules["profiler.capture"]
+
+    def graph_api_missing(*args):
+        raise AttributeError("'torch._C.Graph' object has no attribute 'eraseOutput'")
+
+    monkeypatch.setattr(capture_module, "_instrumented", graph_api_missing)
+    scripted = torch.jit.script(torchvision.models.resnet18().eval())
+    with pytest.raises(ProfilerError) as caught:
+        profiler.capture(scripted, torch.randn(1, 3, 32, 32))
+    assert not isinstance(caught.value, profiler.InputRejected)
+    assert "cannot split TorchScript model ResNet into its layers on torch %s" % torch.__version__ in str(caught.value)
+    assert "eraseOutput" in str(caught.value)
+    with pytest.raises(profiler.InputRejected):
+        profiler.capture(scripted, torch.randn(1, 3))
