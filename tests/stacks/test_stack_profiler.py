@@ -98,10 +98,11 @@ def test_torchvision_name_granularity_push_and_board_settings(workdir):
         pushed = {labels["layer"] for labels, _ in daemon.samples("jetson_layer_energy_joules")
                   if labels["model"] == "resnet18"}
     data = summary(out, "resnet18")
-    labels = [layer["label"] for layer in data["layers"]]
     assert [layer["module"] for layer in data["layers"]] == [
         "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]
-    assert pushed == set(labels)
+    # a layer whose windows a starved sampler thread spoiled has no result to push (see profiler/push.py)
+    measured = {layer["label"] for layer in data["layers"] if layer["trials"]}
+    assert measured and pushed == measured
     meta = data["meta"]
     assert meta["measured_via"] == "exporter %s" % daemon.url
     assert meta["nvpmodel"] == "5W" and meta["jetson_clocks"] == "on"
