@@ -7,14 +7,19 @@ STAMP := $(VENV)/.installed
 PORT ?= 8000
 # torch/torchvision pinned to the builds this project is tested with (CPU and CUDA wheels of the same release).
 TORCH := torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= profiler,test,jtop,nvml
+# On a Jetson ("L4T ..., JetPack ..." from deploy/jetson.sh; JETSON_ROOT=DIR for a stand-in root) the venv
+# sees the system site-packages and uses NVIDIA's CUDA torch instead of installing $(TORCH).
+JETSON := $(shell sh deploy/jetson.sh release 2>/dev/null)
 
 .PHONY: demo test lint bench clean system-deps
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(STAMP): pyproject.toml setup.cfg setup.py
+	@[ -z "$(JETSON)" ] || echo "Jetson: $(JETSON); the venv uses the system site-packages"
+	test -x $(PY) || $(PYTHON) -m venv $(if $(JETSON),--system-site-packages) $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[profiler,test,jtop,nvml]'
+	$(if $(JETSON),@sh deploy/jetson.sh torch $(PY),$(PIP) install -q $(TORCH))
+	$(PIP) install -q -e '.$(if $(EXTRAS),[$(EXTRAS)])'
 	touch $(STAMP)
 
 # Debian packages the tests use for real: Prometheus/promtool, iproute2 (network namespaces), systemd-analyze.
@@ -31,13 +36,13 @@ system-deps:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check exporter profiler tests bench
-	$(VENV)/bin/vermin -q -t=3.8- --no-tips --violations exporter
+	$(VENV)/bin/vermin -q -t=3.6- --no-tips --violations --backport dataclasses exporter profiler
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q tests
 
-# Starts the exporter on :$(PORT) (the simulated board when no sensor is found), profiles VGG11
-# against it, then keeps serving until Ctrl-C.
+# Starts the exporter on :$(PORT) (the simulated board when no sensor is found), profiles VGG11 against it
+# (on a Jetson without torch: says how to get NVIDIA's wheel instead), then keeps serving until Ctrl-C.
 demo: $(STAMP)
 	@$(PY) -m exporter --listen 0.0.0.0:$(PORT) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null; exit 0' INT TERM; \
@@ -46,7 +51,11 @@ demo: $(STAMP)
 			2>/dev/null && break; sleep 0.2; \
 	done; \
 	echo "exporter: http://127.0.0.1:$(PORT)/  (metrics at /metrics)"; \
-	$(PY) -m profiler --model vgg11 --exporter http://127.0.0.1:$(PORT) --out results; \
+	if $(PY) -c 'import torch' 2>/dev/null; then \
+		$(PY) -m profiler --model vgg11 --exporter http://127.0.0.1:$(PORT) --out results; \
+	else \
+		sh deploy/jetson.sh torch $(PY); \
+	fi; \
 	echo "exporter still serving on :$(PORT) — Ctrl-C to stop"; \
 	wait $$pid
 

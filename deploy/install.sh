@@ -6,7 +6,9 @@
 #                                       config is kept; --purge removes it)
 #
 # What it writes (PREFIX defaults to /opt/jetson-power-exporter):
-#   PREFIX/venv/                                  virtualenv with the package
+#   PREFIX/venv/                                  virtualenv with the package; on a Jetson
+#                                                 it sees the system site-packages, so it
+#                                                 uses NVIDIA's torch (pip never installs one)
 #   /etc/systemd/system/jetson-power-exporter.service
 #   /etc/systemd/system/jetson-power-exporter.service.d/10-no-jtop.conf
 #                                                 only without a jtop group
@@ -21,7 +23,7 @@
 #   --destdir DIR     stage every file under DIR (also $DESTDIR); implies
 #                     --no-start.  A venv staged this way keeps DIR in its
 #                     script paths, so it is for tests, not for packaging.
-#   --python PY       interpreter for the venv (default python3, >= 3.8)
+#   --python PY       interpreter for the venv (default python3, >= 3.6)
 #   --package SPEC    what pip installs (default: this checkout); a wheel path works
 #   --pip-args ARGS   extra pip arguments, e.g. "--no-index --find-links /media/wheels"
 #                     for an offline board
@@ -31,6 +33,9 @@
 #                     by someone else; the test suite uses this)
 #   --no-start        do not run systemctl
 #   --uninstall       remove what install wrote; --purge also removes the config
+#
+# A Jetson is recognised by /etc/nv_tegra_release or its device-tree model
+# (deploy/jetson.sh; JETSON_ROOT=DIR reads them under DIR instead of /).
 set -eu
 
 UNIT=jetson-power-exporter.service
@@ -128,22 +133,44 @@ has_jtop() {
 systemd_running() { [ "$DO_START" -eq 1 ] && [ -d /run/systemd/system ]; }
 
 do_install() {
-    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 8))' 2>/dev/null \
-        || die "$PYTHON is missing or older than Python 3.8"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 6))' 2>/dev/null \
+        || die "$PYTHON is missing or older than Python 3.6"
 
     if has_jtop; then WITH_JTOP=1; else WITH_JTOP=0; fi
 
+    # On a Jetson the venv sees the system site-packages: NVIDIA's CUDA torch lives there.
+    if board=$(sh "$HERE/jetson.sh" release); then
+        say "Jetson: $board; the venv uses the system site-packages"
+        VENV_ARGS=--system-site-packages
+    else
+        board=
+        VENV_ARGS=
+    fi
+
     if [ "$DO_VENV" -eq 1 ]; then
-        [ -x "$DESTDIR$VENV/bin/python" ] || {
+        cfg=$DESTDIR$VENV/pyvenv.cfg
+        if [ -x "$DESTDIR$VENV/bin/python" ]; then
+            if [ -n "$board" ] && grep -q '^include-system-site-packages *= *false' "$cfg"; then
+                sed 's/^include-system-site-packages *= *false/include-system-site-packages = true/' "$cfg" >"$cfg.tmp"
+                mv -f "$cfg.tmp" "$cfg"
+                say "venv $VENV now uses the system site-packages"
+            fi
+        else
             say "creating venv $VENV"
-            "$PYTHON" -m venv "$DESTDIR$VENV"
-        }
+            # shellcheck disable=SC2086
+            "$PYTHON" -m venv $VENV_ARGS "$DESTDIR$VENV"
+        fi
         pkg=${PACKAGE:-$REPO}
         if [ "$WITH_JTOP" -eq 1 ]; then
             # The jtop client must match the jtop service's version, so pin
             # the one installed system-wide when there is one.
-            pin=$("$PYTHON" -c 'from importlib.metadata import version; print(version("jetson-stats"))' \
-                2>/dev/null || true)
+            pin=$("$PYTHON" -c 'try:
+    from importlib.metadata import version
+except ImportError:  # Python < 3.8 (JetPack 4.6)
+    import pkg_resources
+    def version(name):
+        return pkg_resources.get_distribution(name).version
+print(version("jetson-stats"))' 2>/dev/null || true)
             extra="$pkg[jtop]"
             [ -n "$pin" ] && extra="$extra jetson-stats==$pin"
         else
@@ -151,11 +178,17 @@ do_install() {
         fi
         # PIP_ARGS and extra are word lists on purpose; no globbing of "[jtop]".
         set -f
+        # Ubuntu 18.04's venv brings pip 9, which can neither build this package nor read
+        # manylinux2014 wheels: upgrade it first (to 21.3.1, the last for Python 3.6, there).
+        # shellcheck disable=SC2086
+        "$DESTDIR$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --upgrade $PIP_ARGS pip || say "could not upgrade pip in $VENV; trying with the one it has"
         # shellcheck disable=SC2086
         "$DESTDIR$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
             --upgrade $PIP_ARGS $extra
         set +f
         say "installed $(basename "$pkg") into $VENV"
+        [ -z "$board" ] || say "$(sh "$HERE/jetson.sh" torch "$DESTDIR$VENV/bin/python")"
     fi
 
     # The unit, with ExecStart pointing at this prefix.

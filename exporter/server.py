@@ -13,10 +13,11 @@ import json
 import logging
 import math
 import socket
+import socketserver
 import ssl
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,7 +33,8 @@ MAX_CONNECTIONS = 128  # one thread each: beyond this a new connection is closed
 MAX_SAMPLES_PER_RESPONSE = 20000
 
 
-class ExporterServer(ThreadingHTTPServer):
+class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
+    """One thread per connection (what http.server.ThreadingHTTPServer is on 3.7+; spelled out for 3.6)."""
     daemon_threads = True
     request_queue_size = 128
     allow_reuse_address = True

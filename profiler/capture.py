@@ -1,8 +1,10 @@
 """Record every call of the modules to profile, with its real inputs, in execution order.
 
-One dry forward pass with a pre-hook on each selected module stores each
-call's positional and keyword arguments (tensors detached and cloned, so the
-module's in-place ops and later layers cannot change them).  A module called
+One dry forward pass, with each selected module's ``forward`` wrapped for
+its duration, stores each call's positional and keyword arguments (tensors
+detached and cloned, so the module's in-place ops and later layers cannot
+change them).  A wrapper rather than a forward pre-hook: hooks see keyword
+arguments only from torch 2.0 on (``with_kwargs``), and JetPack 4.6 has 1.10.  A module called
 twice (ResNet's shared ReLU) gives two entries.  Replaying an entry calls the
 module alone on exactly what it saw inside the model.
 
@@ -107,11 +109,15 @@ def capture(model: Callable[..., Any], example_input: Any, granularity: str = "l
             if kwargs:
                 raise InputRejected("a TorchScript model takes positional inputs only")
             try:
-                _capture_script(model, "forward", "", args, 0, level, calls)
-            except ProfilerError:
-                raise
+                model(*args)
             except Exception as exc:
                 raise _rejected(exc) from None
+            try:  # the model takes the input: a failure from here on is ours, not the input's
+                _capture_script(model, "forward", "", args, 0, level, calls)
+            except Exception as exc:
+                raise ProfilerError("cannot split TorchScript model %s into its layers on torch %s: %s: %s"
+                                    % (op_name(model), torch.__version__, type(exc).__name__, one_line(exc))
+                                    ) from None
         elif isinstance(model, nn.Module):
             _capture_module(model, example_input, level, calls)
         else:
@@ -135,23 +141,28 @@ def as_call(example_input: Any) -> Tuple[tuple, dict]:
 
 def _capture_module(model: nn.Module, example_input: Any, level: Optional[int],
                     calls: List[Tuple[str, str, Any, tuple, dict]]) -> None:
-    handles = []
+    wrapped = []
 
-    def hook_for(path: str):
-        def hook(module, args, kwargs):
-            calls.append((path, op_name(module), module, detached(tuple(args)), detached(dict(kwargs))))
-        return hook
+    def recording(path: str, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        def forward_and_record(*args: Any, **kwargs: Any) -> Any:
+            calls.append((path, op_name(module), module, detached(args), detached(kwargs)))
+            return forward(*args, **kwargs)
+        return forward_and_record
 
     for path, module in model.named_modules():
         if path and _is_unit(module, path.count(".") + 1, level):
-            handles.append(module.register_forward_pre_hook(hook_for(path), with_kwargs=True))
+            wrapped.append((module, module.__dict__.get("forward")))  # an instance's own forward, if it has one
+            module.forward = recording(path, module, module.forward)
     try:
         call_model(model, example_input)
     except Exception as exc:
         raise _rejected(exc) from None
     finally:
-        for handle in handles:
-            handle.remove()
+        for module, own in wrapped:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
 
 
 def _capture_script(module: Any, method: str, path: str, args: tuple, depth: int, level: Optional[int],
@@ -163,12 +174,12 @@ def _capture_script(module: Any, method: str, path: str, args: tuple, depth: int
     is followed as a method of its own module.
     """
     if depth > 0 and _is_unit(module, depth, level):
-        calls.append((path, op_name(module), getattr(module, method), detached(tuple(args)), {}))
+        calls.append((path, op_name(module), _script_method(module, method), detached(tuple(args)), {}))
         return
     plan = _instrumented(module, method)
     if plan is None:  # control flow around the calls: the module is measured as one unit
         if depth > 0:
-            calls.append((path, op_name(module), getattr(module, method), detached(tuple(args)), {}))
+            calls.append((path, op_name(module), _script_method(module, method), detached(tuple(args)), {}))
         return
     function, targets, n_outputs, arities = plan
     values = function(module._c, *args)
@@ -191,7 +202,7 @@ def _instrumented(module: Any, method: str):
     such as ``relu_`` must not change what was captured).
     """
     try:
-        graph = getattr(module, method).graph.copy()
+        graph = _script_method(module, method).graph.copy()
     except (AttributeError, RuntimeError):
         return None
     self_value = next(iter(graph.inputs()))
@@ -217,14 +228,18 @@ def _instrumented(module: Any, method: str):
     tup = graph.create("prim::TupleConstruct", outputs + extra)
     tup.insertBefore(ret)
     tup.output().setType(torch._C.TupleType([v.type() for v in outputs + extra]))
-    for _ in outputs:
-        graph.eraseOutput(0)
-    graph.registerOutput(tup.output())
+    ret.removeAllInputs()  # torch 1.10's Graph has no eraseOutput; its return Node's inputs are the outputs
+    ret.addInput(tup.output())
     try:
         function = torch._C._create_function_from_graph("profiler_capture", graph)
     except RuntimeError:
         return None
     return function, targets, len(outputs), arities
+
+
+def _script_method(module: Any, method: str) -> Any:
+    """The compiled method itself: an in-memory traced submodule's ``forward`` is Python that refuses calls."""
+    return module._c._get_method(method)
 
 
 def _clone_before(graph: Any, node: Any, value: Any) -> Any:

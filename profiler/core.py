@@ -1,17 +1,14 @@
 """``profile()``: capture, measure and summarise one model -- the API the CLI and the benchmark share."""
 
 import datetime
-import glob
-import os
 import platform
-import shutil
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
 import torch
 
+from .board import jetson_clocks_state, nvpmodel_mode
 from .capture import LayerCall, as_call, capture, detached, op_name, parse_granularity
 from .client import DaemonClient
 from .errors import ProfilerError
@@ -135,41 +132,3 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
         "samples_time_origin": min((s.t for s in schedule.samples), default=None),
     }
 
-
-def nvpmodel_mode() -> Optional[str]:
-    """The power mode name from ``nvpmodel -q`` where the tool exists (Jetson only)."""
-    tool = shutil.which("nvpmodel")
-    if tool is None:
-        return None
-    try:
-        out = subprocess.run([tool, "-q"], capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.splitlines():
-        if "Power Mode" in line:
-            return line.split(":", 1)[-1].strip() or None
-    return None
-
-
-def jetson_clocks_state(sysfs: str = "/sys") -> Optional[str]:
-    """``on`` when the GPU's devfreq floor equals its ceiling (what jetson_clocks sets), else ``off``.
-
-    None off-Jetson or where the files cannot be read.
-    """
-    for directory in sorted(glob.glob(os.path.join(sysfs, "class", "devfreq", "*"))):
-        try:
-            with open(os.path.join(directory, "device", "of_node", "name")) as fh:
-                node = fh.read().strip("\x00\n ")
-        except OSError:
-            node = os.path.basename(os.path.realpath(directory))
-        if "gpu" not in node and "gv11b" not in node and "ga10b" not in node and "gp10b" not in node:
-            continue
-        try:
-            with open(os.path.join(directory, "min_freq")) as fh:
-                low = fh.read().strip()
-            with open(os.path.join(directory, "max_freq")) as fh:
-                high = fh.read().strip()
-        except OSError:
-            return None
-        return "on" if low == high else "off"
-    return None

@@ -6,10 +6,12 @@ layer's energy depends on its shapes, not on its weight values).
 """
 
 import importlib
+import inspect
 import os
+import pickle
 import re
 import sys
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,10 +22,15 @@ TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".zip")
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-def classification_models():
+def classification_models() -> List[str]:
     import torchvision
 
-    return torchvision.models.list_models(module=torchvision.models)
+    models = torchvision.models
+    if hasattr(models, "list_models"):
+        return models.list_models(module=models)
+    # torchvision < 0.14 (JetPack 4.6 has 0.11): the classification builders are its functions taking pretrained=
+    return sorted(name for name, value in vars(models).items()
+                  if inspect.isfunction(value) and "pretrained" in inspect.signature(value).parameters)
 
 
 def load_model(spec: str, weights: str = "DEFAULT",
@@ -87,31 +94,79 @@ def _factory(spec: str) -> nn.Module:
 
 
 def _torchvision(name: str, weights: str, notice: Callable[[str], None]) -> nn.Module:
-    import torchvision
-
+    model = _random_torchvision(name)
     if weights.lower() == "none":
-        return torchvision.models.get_model(name, weights=None)
+        return model
     if weights.lower() != "default":
-        model = torchvision.models.get_model(name, weights=None)
         _load_state(model, weights, name)
         return model
-    default = torchvision.models.get_model_weights(name).DEFAULT
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(default.url))
-    if os.path.isfile(cached):
-        try:
-            model = torchvision.models.get_model(name, weights=None)
-            model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
-            return model
-        except Exception as exc:
-            raise ProfilerError("cannot read cached weights %s: %s" % (cached, one_line(exc))) from None
+    url = _default_weights_url(name)
+    where = "torchvision names no weights file for it"
+    if url is not None:
+        where = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+        if os.path.isfile(where):
+            try:
+                model.load_state_dict(_load_weights_file(where))
+                return model
+            except Exception as exc:
+                raise ProfilerError("cannot read cached weights %s: %s" % (where, one_line(exc))) from None
     notice("notice: no cached %s weights (%s); using random weights -- energy barely depends on weight values"
-           % (name, cached))
-    return torchvision.models.get_model(name, weights=None)
+           % (name, where))
+    return model
+
+
+def _random_torchvision(name: str) -> nn.Module:
+    import torchvision
+
+    models = torchvision.models
+    if hasattr(models, "get_model"):
+        return models.get_model(name, weights=None)
+    return getattr(models, name)(pretrained=False)  # torchvision < 0.14
+
+
+def _default_weights_url(name: str) -> Optional[str]:
+    import torchvision
+
+    models = torchvision.models
+    if hasattr(models, "get_model_weights"):
+        return models.get_model_weights(name).DEFAULT.url
+    # torchvision < 0.14: the builder's module maps model names to weight URLs
+    module = sys.modules[getattr(models, name).__module__]
+    urls = getattr(module, "model_urls", None) or getattr(module, "_MODEL_URLS", None) or {}
+    return urls.get(name)
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """Refuses every global a state dict does not need: reading weights never runs pickled code."""
+
+    SAFE = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+            ("torch._utils", "_rebuild_parameter")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in self.SAFE or (module == "torch" and name.endswith("Storage")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError("%s.%s is not allowed in a weights file" % (module, name))
+
+
+class _WeightsPickle:
+    """The pickle module ``torch.load`` is given where it has no ``weights_only`` (torch < 1.13)."""
+
+    Unpickler = _WeightsUnpickler
+
+    @staticmethod
+    def load(file, **kwargs):
+        return _WeightsUnpickler(file, **kwargs).load()
+
+
+def _load_weights_file(path: str):
+    if "weights_only" in inspect.signature(torch.load).parameters:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", pickle_module=_WeightsPickle)
 
 
 def _load_state(model: nn.Module, path: str, name: str) -> None:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load_weights_file(path)
     except Exception as exc:
         raise ProfilerError("cannot read weights %s: %s" % (path, one_line(exc))) from None
     if isinstance(state, dict):

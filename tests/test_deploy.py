@@ -217,14 +217,15 @@ def test_dockerfile_copies_what_exists_and_runs_the_daemon():
     with open(path) as handle:
         text = handle.read()
     assert re.search(r"^FROM python:3\.\d+-slim-\w+$", text, re.M), "base image not pinned"
-    for line in re.findall(r"^COPY (.+)$", text, re.M):
-        for source in line.split()[:-1]:
-            if source != "README.md" or os.path.exists(os.path.join(ROOT, "README.md")):
-                assert os.path.exists(os.path.join(ROOT, source)), source
     with open(path + ".dockerignore") as handle:
-        ignore = handle.read()
-    for source in ("pyproject.toml", "README.md", "exporter/", "profiler/"):
-        assert "!" + source in ignore, source
+        ignore = handle.read().split()
+    sources = [source for line in re.findall(r"^COPY (.+)$", text, re.M) for source in line.split()[:-1]]
+    assert {"pyproject.toml", "setup.cfg", "setup.py", "exporter"} <= set(sources), sources  # what pip builds from
+    for source in sources:
+        if source != "README.md" or os.path.exists(os.path.join(ROOT, "README.md")):
+            assert os.path.exists(os.path.join(ROOT, source)), source
+        # the build context holds only what the dockerignore lets through
+        assert "!" + source + ("/" if os.path.isdir(os.path.join(ROOT, source)) else "") in ignore, source
     assert re.search(r'^ENTRYPOINT \["jetson-power-exporter"\]$', text, re.M)
     command = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
     cli.build_parser().parse_args(command)

@@ -2,6 +2,7 @@
 from the real daemon to a real notify socket.
 """
 
+import glob
 import hashlib
 import os
 import re
@@ -10,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
+import zipfile
 
 import pytest
 
@@ -88,7 +91,7 @@ def build_wheel(tmp_path):
     """A wheel of this checkout, built offline from a copy (the checkout itself stays clean)."""
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "exporter", "profiler", "systemd", "deploy"):
+    for name in ("pyproject.toml", "setup.cfg", "setup.py", "exporter", "profiler", "systemd", "deploy"):
         path = os.path.join(ROOT, name)
         if os.path.isdir(path):
             shutil.copytree(path, str(src / name), ignore=shutil.ignore_patterns("__pycache__"))
@@ -97,7 +100,7 @@ def build_wheel(tmp_path):
     readme = os.path.join(ROOT, "README.md")
     if os.path.exists(readme):
         shutil.copy(readme, str(src / "README.md"))
-    else:  # pyproject names it; its text does not matter to the install
+    else:  # setup.cfg names it; its text does not matter to the install
         (src / "README.md").write_text("jetson-power-exporter\n")
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
@@ -227,6 +230,193 @@ def test_install_rejects_bad_options(tmp_path):
         result = subprocess.run(["sh", INSTALL, "--destdir", str(tmp_path)] + args, capture_output=True,
                                 text=True, timeout=30)
         assert result.returncode != 0 and result.stderr.startswith("install.sh: "), args
+
+
+# -- on a Jetson: NVIDIA's torch is kept ---------------------------------------------------------
+
+# /etc/nv_tegra_release as each JetPack writes it, and the JetPack jetson.sh names for it.
+TEGRA_RELEASES = {
+    "R32.7.1": ("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref, EABI: aarch64, "
+                "DATE: Sat Feb 19 17:05:08 UTC 2022", "JetPack 4.6.1"),
+    "R35.4.1": ("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, "
+                "DATE: Tue Aug  1 19:57:35 UTC 2023", "JetPack 5.1.2"),
+    "R36.4.3": ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, "
+                "DATE: Wed Jan  8 01:49:37 UTC 2025", "JetPack 6.1/6.2"),
+}
+JETSON_SH = os.path.join(ROOT, "deploy", "jetson.sh")
+
+
+def jetson_root(tmp_path, release="R32.7.1", model=None):
+    """A stand-in board root: etc/nv_tegra_release (when ``release``), proc/device-tree/model (when ``model``)."""
+    root = tmp_path / "board"
+    (root / "etc").mkdir(parents=True)
+    if release:
+        (root / "etc" / "nv_tegra_release").write_text(TEGRA_RELEASES[release][0] + "\n")
+    if model:
+        (root / "proc" / "device-tree").mkdir(parents=True)
+        (root / "proc" / "device-tree" / "model").write_bytes(model.encode() + b"\0")
+    return str(root)
+
+
+def system_python(tmp_path, torch_version=None):
+    """A stand-in for the board's python3: its own site-packages holds the exporter's dependencies
+    and, with ``torch_version``, a marker torch installed as NVIDIA's wheel would be (with its dist-info).
+
+    The interpreter is a copy of this one's base binary next to links to its standard library, so
+    ``sys.prefix`` (and the site-packages a ``--system-site-packages`` venv sees) is the stand-in's own.
+    """
+    base = sys.base_prefix
+    version = "python%d.%d" % sys.version_info[:2]
+    prefix = tmp_path / "system"
+    (prefix / "bin").mkdir(parents=True)
+    site = prefix / "lib" / version / "site-packages"
+    site.mkdir(parents=True)
+    shutil.copy(os.path.join(base, "bin", version), str(prefix / "bin" / "python3"))
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for entry in os.scandir(stdlib):
+        if entry.name != "site-packages":
+            os.symlink(entry.path, str(prefix / "lib" / version / entry.name))
+    for library in glob.glob(os.path.join(base, "lib", "libpython*")):
+        os.symlink(library, str(prefix / "lib" / os.path.basename(library)))
+    import prometheus_client
+    import yaml
+
+    for module in (prometheus_client, yaml):
+        where = os.path.dirname(os.path.dirname(module.__file__))
+        names = {"prometheus_client": ["prometheus_client"], "yaml": ["yaml", "_yaml"]}[module.__name__]
+        dist = {"prometheus_client": "prometheus_client-*.dist-info", "yaml": "[Pp]y[Yy][Aa][Mm][Ll]-*.dist-info"}
+        paths = [os.path.join(where, name) for name in names] + glob.glob(os.path.join(where, dist[module.__name__]))
+        for path in paths:
+            if os.path.exists(path):
+                os.symlink(path, str(site / os.path.basename(path)))
+    if torch_version:
+        (site / "torch").mkdir()
+        (site / "torch" / "__init__.py").write_text("__version__ = %r\n" % torch_version)
+        info = site / ("torch-%s.dist-info" % torch_version)
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: %s\n" % torch_version)
+        (info / "INSTALLER").write_text("pip\n")
+        (info / "RECORD").write_text("")
+    return str(prefix / "bin" / "python3"), str(site)
+
+
+def offline_env(board_root):
+    """pip with no index and no local wheels: anything not already installed (a torch) cannot be had."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    env.update(JETSON_ROOT=board_root, PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1",
+               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+@pytest.mark.parametrize("release", sorted(TEGRA_RELEASES))
+def test_jetson_sh_names_the_l4t_release_and_jetpack(tmp_path, release):
+    out = subprocess.run(["sh", JETSON_SH, "release"], env=dict(os.environ, JETSON_ROOT=jetson_root(tmp_path, release)),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout == "L4T %s, %s\n" % (release, TEGRA_RELEASES[release][1])
+
+
+def test_jetson_sh_knows_a_jetson_by_its_device_tree_model(tmp_path):
+    def release(root):
+        return subprocess.run(["sh", JETSON_SH, "release"], env=dict(os.environ, JETSON_ROOT=root),
+                              capture_output=True, text=True, timeout=30)
+
+    nano = release(jetson_root(tmp_path / "nano", None, "NVIDIA Jetson Nano Developer Kit"))
+    assert nano.returncode == 0 and nano.stdout.startswith("L4T release unknown")
+    pi = release(jetson_root(tmp_path / "pi", None, "Raspberry Pi 4 Model B Rev 1.4"))
+    assert pi.returncode == 1 and pi.stdout == ""
+
+
+def test_the_wheel_names_no_torch_in_any_extra(tmp_path):
+    """An extra naming torch or torchvision would let pip replace NVIDIA's torch with PyPI's."""
+    with zipfile.ZipFile(build_wheel(tmp_path)) as wheel:
+        (metadata,) = [name for name in wheel.namelist() if name.endswith(".dist-info/METADATA")]
+        requires = [line for line in wheel.read(metadata).decode().splitlines() if line.startswith("Requires-Dist:")]
+    assert any(line.startswith("Requires-Dist: prometheus_client") for line in requires), requires
+    assert not [line for line in requires if re.match(r"Requires-Dist: torch", line)], requires
+
+
+def test_install_on_a_jetson_keeps_the_system_torch(tmp_path):
+    wheel = build_wheel(tmp_path)
+    python, site = system_python(tmp_path, torch_version="1.10.0")
+    board = jetson_root(tmp_path)
+    env = offline_env(board)
+    venv_python = os.path.join(tmp_path, "root", "opt", "jetson-power-exporter", "venv", "bin", "python")
+    # pip resolves dependencies here, offline: a torch it wanted would be an error, not a download.
+    result = subprocess.run(["sh", INSTALL, "--destdir", str(tmp_path / "root"), "--python", python, "--jtop", "no",
+                             "--package", wheel], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Jetson: L4T R32.7.1, JetPack 4.6.1; the venv uses the system site-packages" in result.stdout
+    assert "using torch 1.10.0 from %s" % site in result.stdout
+    found = subprocess.run([venv_python, "-c", "import torch, exporter; print(torch.__version__, torch.__file__)"],
+                           capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert found.stdout.split() == ["1.10.0", os.path.join(site, "torch", "__init__.py")], found.stderr
+    # The check above is not silent by accident: this pip cannot fetch a torch.
+    fetch = subprocess.run([venv_python, "-m", "pip", "install", "torch==2.14.1"], capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert fetch.returncode != 0 and "No matching distribution found for torch" in fetch.stderr, fetch.stderr
+
+
+def test_install_on_a_jetson_without_torch_installs_the_exporter_and_says_where_to_get_it(tmp_path):
+    wheel = build_wheel(tmp_path)
+    python, _ = system_python(tmp_path)
+    env = offline_env(jetson_root(tmp_path, "R35.4.1"))
+    result = subprocess.run(["sh", INSTALL, "--destdir", str(tmp_path / "root"), "--python", python, "--jtop", "no",
+                             "--package", wheel], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    hint = [line for line in result.stdout.splitlines() if "no torch importable" in line]
+    assert len(hint) == 1, result.stdout
+    assert "JetPack 5.1.2 (R35.4.1, Python %d.%d)" % sys.version_info[:2] in hint[0]
+    assert "https://docs.nvidia.com/deeplearning/frameworks/install-pytorch-jetson-platform" in hint[0]
+    entry = os.path.join(tmp_path, "root", "opt", "jetson-power-exporter", "venv", "bin", "jetson-power-exporter")
+    ran = subprocess.run([entry, "--version"], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+
+
+def test_install_off_a_jetson_keeps_the_venv_isolated(tmp_path):
+    board = tmp_path / "pc"
+    board.mkdir()
+    python, _ = system_python(tmp_path, torch_version="1.10.0")
+    result = subprocess.run(["sh", INSTALL, "--destdir", str(tmp_path / "root"), "--python", python, "--jtop", "no",
+                             "--package", build_wheel(tmp_path), "--pip-args", "--no-deps"],
+                            capture_output=True, text=True, timeout=300, env=offline_env(str(board)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Jetson" not in result.stdout and "torch" not in result.stdout
+    with open(os.path.join(tmp_path, "root", "opt", "jetson-power-exporter", "venv", "pyvenv.cfg")) as handle:
+        assert "include-system-site-packages = false" in handle.read()
+
+
+def test_reinstall_on_a_jetson_opens_an_isolated_venv_to_the_system_site(tmp_path):
+    """A venv an older install.sh made without the system site-packages is switched over, not rebuilt."""
+    wheel = build_wheel(tmp_path)
+    python, site = system_python(tmp_path, torch_version="1.10.0")
+    (tmp_path / "pc").mkdir()
+    args = ["sh", INSTALL, "--destdir", str(tmp_path / "root"), "--python", python, "--jtop", "no", "--package", wheel]
+    first = subprocess.run(args + ["--pip-args", "--no-deps"], capture_output=True, text=True, timeout=300,
+                           env=offline_env(str(tmp_path / "pc")))
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, env=offline_env(jetson_root(tmp_path)))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "venv /opt/jetson-power-exporter/venv now uses the system site-packages" in again.stdout
+    assert "creating venv" not in again.stdout
+    assert "using torch 1.10.0 from %s" % site in again.stdout
+
+
+def test_make_on_a_jetson_uses_the_system_site_and_installs_no_torch(tmp_path):
+    """What `make demo`/`make test` would run to set up the venv (make -n: nothing is installed)."""
+    def plan(board):
+        venv = str(tmp_path / "venv")
+        out = subprocess.run(["make", "-n", "-C", ROOT, "VENV=" + venv, venv + "/.installed"],
+                             env=dict(os.environ, JETSON_ROOT=board), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    jetson = plan(jetson_root(tmp_path))
+    assert "-m venv --system-site-packages" in jetson
+    assert "sh deploy/jetson.sh torch" in jetson
+    assert "torch==" not in jetson and "torchvision==" not in jetson
+    (tmp_path / "pc").mkdir()
+    desktop = plan(str(tmp_path / "pc"))
+    assert "--system-site-packages" not in desktop and "install -q torch==" in desktop
 
 
 # -- sd_notify -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ def board(tmp_path, request):
 
 
 def _open(tree):
-    return hwmon.open(None, sysfs_root=str(tree.root))
+    return hwmon.make_source(None, sysfs_root=str(tree.root))
 
 
 @pytest.mark.parametrize("board", MONITORED, indirect=True)
@@ -238,7 +238,7 @@ def test_board_without_monitor_is_unavailable(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SourceUnavailable, match="no INA3221/INA238 power monitor under"):
-        hwmon.open(None, sysfs_root=str(empty))
+        hwmon.make_source(None, sysfs_root=str(empty))
 
 
 def test_monitor_with_only_unconnected_channels_is_unavailable(tmp_path):
@@ -320,7 +320,7 @@ def test_open_source_spec_and_unknown_options(tmp_path):
 def test_default_root_is_sys():
     # On this machine /sys has no Jetson monitor (or, on a Jetson, has one).
     try:
-        source = hwmon.open(None)
+        source = hwmon.make_source(None)
     except SourceUnavailable as exc:
         assert str(exc).endswith("under /sys") or "no connected channel" in str(exc)
     else:

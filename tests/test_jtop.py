@@ -29,6 +29,7 @@ from tests.support.jtop_fake_sys import (
     start_service,
     stop_service,
 )
+from tests.support.sysfs_boards import build_board
 
 REPO = Path(__file__).resolve().parent.parent
 INTERVAL_S = 0.2
@@ -131,6 +132,21 @@ def test_hung_service_repeats_then_errors_without_blocking(scenario):
 
 @pytest.mark.system
 @pytest.mark.slow
+def test_auto_prefers_readable_monitors_over_a_running_service(scenario):
+    name, skipped = scenario["auto_with_monitors"]
+    assert name == "hwmon" and skipped == []
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_auto_uses_the_service_where_sysfs_is_unreadable(scenario):
+    name, skipped = scenario["auto_without_sysfs"]
+    assert name == "jtop"
+    assert len(skipped) == 1 and skipped[0].startswith("hwmon: "), skipped
+
+
+@pytest.mark.system
+@pytest.mark.slow
 def test_host_is_left_untouched(scenario):
     assert not scenario["host_fake_sys"]
     assert not scenario["host_socket_changed"]
@@ -154,7 +170,7 @@ def test_argument_is_rejected():
     from exporter.sources import jtop as jtop_source
 
     with pytest.raises(ValueError, match="takes no argument"):
-        jtop_source.open("something")
+        jtop_source.make_source("something")
 
 
 # ---------------------------------------------------------------------------
@@ -200,7 +216,7 @@ def _read_until(source, predicate, seconds):
 
 
 def _scenario(work: Path) -> dict:
-    from exporter.sources import SensorReadError, SourceUnavailable
+    from exporter.sources import SensorReadError, SourceUnavailable, open_source
     from exporter.sources import jtop as jtop_source
 
     warnings = []
@@ -217,12 +233,12 @@ def _scenario(work: Path) -> dict:
     os.chdir(str(REPO))
     out = {"warnings": warnings}
     try:
-        jtop_source.open(None)
+        jtop_source.make_source(None)
     except SourceUnavailable as exc:
         out["no_service"] = str(exc)
     service = start_service()
     try:
-        source = jtop_source.open(None, interval_s=INTERVAL_S)
+        source = jtop_source.make_source(None, interval_s=INTERVAL_S)
         out["interval"] = source.update_interval_s
         out["board"] = source.board
         out["reads"] = [_timed_read(source) for _ in range(5)]
@@ -230,9 +246,15 @@ def _scenario(work: Path) -> dict:
         set_rail(Path("/fake_sys"), 2, 5000, 900)
         out["changed"] = _read_until(source, lambda r: r["rails"]["VDD_CPU_GPU_CV"] > 2.0, 5)
 
-        second = jtop_source.open(None, interval_s=1.0)
+        second = jtop_source.make_source(None, interval_s=1.0)
         out["second_interval"] = second.update_interval_s
         second.close()
+
+        build_board("/tmp/orin-sys", "orin_nano")
+        os.mkdir("/tmp/no-sys")
+        for key, sysfs_root in (("auto_with_monitors", "/tmp/orin-sys"), ("auto_without_sysfs", "/tmp/no-sys")):
+            with open_source("auto", sysfs_root=sysfs_root, interval_s=INTERVAL_S) as chosen:
+                out[key] = [chosen.name, list(chosen.auto_skipped)]
 
         out["stopped_at"] = time.monotonic()
         os.killpg(service.pid, signal.SIGSTOP)

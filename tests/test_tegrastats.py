@@ -1,8 +1,10 @@
 """tegrastats source: the parser on real published lines, a live fake child, replayed logs."""
 
 import csv
+import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 
 from exporter.sources import SensorReadError, SourceUnavailable, TraceEnded, open_source, tegrastats
 from exporter.sources.rails import total_of
-from exporter.sources.tegrastats import NO_POWER_FIELDS, board_from_rails, parse_line
+from exporter.sources.tegrastats import NO_POWER_FIELDS, NotTegrastatsLine, board_from_rails, parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "tegrastats-samples.tsv"
@@ -22,6 +24,11 @@ with FIXTURE.open(newline="") as _handle:
     ROWS = list(csv.DictReader(_handle, delimiter="\t"))
 LINES = {row["board"]: row["line"] for row in ROWS}
 POWERED = [row for row in ROWS if row["board"] != "Nano 2GB"]
+
+# What else lands in a log recorded as people record it (``date; nvpmodel -q; tegrastats``) or in the pipe.
+OTHER_LINES = ["Wed Dec  2 13:31:30 UTC 2026", "NV Power Mode: MAXN", "0", "", "   ",
+               "nvidia@jetson-nano:~$ sudo tegrastats --interval 100 --logfile run.log",
+               "NV Fan Mode:quiet"]
 
 
 # Totals worked out by hand from the lines in the fixture (first value of each rail).
@@ -144,6 +151,22 @@ def test_no_power_fields_is_a_clear_error_never_zero():
     assert "no power fields in tegrastats line (this board has no power monitor?)" in NO_POWER_FIELDS
 
 
+@pytest.mark.parametrize("line", OTHER_LINES)
+def test_other_lines_are_not_tegrastats_lines(line):
+    with pytest.raises(NotTegrastatsLine):
+        parse_line(line)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row["board"])
+def test_every_fixture_line_is_a_tegrastats_line(row):
+    try:
+        parse_line(row["line"])
+    except NotTegrastatsLine:
+        pytest.fail("a real tegrastats line was taken for another line")
+    except ValueError as exc:  # only the board without a power monitor
+        assert row["board"] == "Nano 2GB" and str(exc) == NO_POWER_FIELDS
+
+
 _TOKENS = st.one_of(
     st.text(max_size=12),
     st.sampled_from(["VDD_IN", "POM_5V_IN", "VIN", "NC", "RAM", "GPU", "VDDQ_VDD2_1V8AO", "VIN_SYS_5V0", "CPU"]),
@@ -162,6 +185,9 @@ _TOKENS = st.one_of(
 def test_garbage_never_crashes(line):
     try:
         total, rails = parse_line(line)
+    except NotTegrastatsLine:
+        assert not re.search(r"(?<!\S)RAM \d+/\d+MB(?!\S)", line)  # tegrastats' own first field
+        return
     except ValueError as exc:
         assert str(exc) == NO_POWER_FIELDS
         return
@@ -185,7 +211,7 @@ def fake_path(monkeypatch, tmp_path):
 def test_live_not_on_path(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SourceUnavailable, match="tegrastats not found on PATH"):
-        tegrastats.open(None)
+        tegrastats.make_source(None)
 
 
 def _read_until(source, predicate, timeout_s=5.0):
@@ -218,14 +244,21 @@ def test_live_reads_latest_line(fake_path):
     assert fake_path.read_text().split("\n")[0] == "--interval 20"
 
 
+def test_live_skips_and_counts_lines_that_are_not_tegrastats(fake_path, monkeypatch):
+    monkeypatch.setenv("FAKE_TEGRASTATS_PREAMBLE", "|".join(OTHER_LINES))
+    with tegrastats.make_source(None, interval_s=0.02) as source:
+        assert source.read().total_watts == pytest.approx(HAND_TOTALS["AGX Orin 64GB"])
+        assert source.describe()["skipped_lines"] == str(len(OTHER_LINES))
+
+
 def test_live_default_interval(fake_path):
-    with tegrastats.open(None) as source:
+    with tegrastats.make_source(None) as source:
         assert source.update_interval_s == pytest.approx(0.1)
     assert fake_path.read_text().strip() == "--interval 100"
 
 
 def test_live_close_terminates_child(fake_path):
-    source = tegrastats.open(None, interval_s=0.02)
+    source = tegrastats.make_source(None, interval_s=0.02)
     child = source._child
     source.close()
     assert child.proc.poll() is not None
@@ -237,19 +270,19 @@ def test_live_close_terminates_child(fake_path):
 def test_live_board_without_monitor_is_unavailable(fake_path, monkeypatch):
     monkeypatch.setenv("FAKE_TEGRASTATS_BOARD", "Nano 2GB")
     with pytest.raises(SourceUnavailable, match="no power fields"):
-        tegrastats.open(None, interval_s=0.02)
+        tegrastats.make_source(None, interval_s=0.02)
 
 
 def test_live_child_that_exits_at_once_is_unavailable(fake_path, monkeypatch):
     monkeypatch.setenv("FAKE_TEGRASTATS_BOARD", "no such board")
     with pytest.raises(SourceUnavailable, match=r"exited with code 1: fake tegrastats: no fixture row"):
-        tegrastats.open(None, interval_s=0.02)
+        tegrastats.make_source(None, interval_s=0.02)
 
 
 def test_live_death_and_restart(fake_path, monkeypatch):
     monkeypatch.setenv("FAKE_TEGRASTATS_EXIT_AFTER", "3")
     monkeypatch.setenv("FAKE_TEGRASTATS_EXIT_CODE", "7")
-    with tegrastats.open(None, interval_s=0.02, restart_backoff_s=0.5) as source:
+    with tegrastats.make_source(None, interval_s=0.02, restart_backoff_s=0.5) as source:
         source.read()
         deadline = time.monotonic() + 5
         while True:
@@ -274,7 +307,7 @@ def test_live_death_and_restart(fake_path, monkeypatch):
 def test_live_hung_child_is_killed_and_restarted(fake_path, monkeypatch):
     monkeypatch.setenv("FAKE_TEGRASTATS_EXIT_AFTER", "2")
     monkeypatch.setenv("FAKE_TEGRASTATS_HANG", "1")
-    with tegrastats.open(None, interval_s=0.02, restart_backoff_s=0.05) as source:
+    with tegrastats.make_source(None, interval_s=0.02, restart_backoff_s=0.05) as source:
         hung = source._child.proc
         messages = []
         deadline = time.monotonic() + 6
@@ -321,7 +354,7 @@ def test_replay_undated_log_at_interval(tmp_path):
 def test_replay_undated_default_is_one_second(tmp_path):
     log = tmp_path / "xavier.log"
     log.write_text(LINES["AGX Xavier 16GB"] + "\n")
-    source = tegrastats.open(str(log))
+    source = tegrastats.make_source(str(log))
     assert source.update_interval_s == 1.0
     assert source.read().total_watts == pytest.approx(3.113)
 
@@ -332,7 +365,7 @@ def test_replay_dated_log_takes_interval_from_dates(tmp_path):
     dated = ["11-22-2023 10:31:0%d %s" % (2 if k < 10 else 3, body) for k in range(11)]
     log = tmp_path / "orin.log"
     log.write_text("\n".join(dated) + "\n\n")
-    source = tegrastats.open(str(log), interval_s=5.0)
+    source = tegrastats.make_source(str(log), interval_s=5.0)
     assert source.update_interval_s == pytest.approx(0.1)
     assert source.read().total_watts == pytest.approx(12.479)
     time.sleep(1.15)
@@ -343,21 +376,46 @@ def test_replay_dated_log_takes_interval_from_dates(tmp_path):
 def test_replay_line_without_power_is_a_read_error(tmp_path):
     log = tmp_path / "mixed.log"
     log.write_text("%s\n%s\n" % (LINES["Nano 2GB"], LINES["Nano 4GB"]))
-    source = tegrastats.open(str(log), interval_s=0.3)
+    source = tegrastats.make_source(str(log), interval_s=0.3)
     with pytest.raises(SensorReadError, match="no power fields") as info:
         source.read()
     assert not isinstance(info.value, TraceEnded)
     assert _read_until(source, lambda r: True).total_watts == pytest.approx(1.75)
 
 
+def test_replay_skips_and_counts_lines_that_are_not_tegrastats(tmp_path, caplog):
+    # date; nvpmodel -q; tegrastats --interval 500 --logfile (JetPack 5 lines carry their own date)
+    body = _undated(LINES["Xavier NX 8GB"])
+    dated = ["07-09-2024 13:31:%02d %s" % (30 + k // 2, body) for k in range(5)]
+    log = tmp_path / "recorded.log"
+    log.write_text("\n".join(OTHER_LINES[:2] + dated[:3] + OTHER_LINES[2:] + dated[3:]) + "\n")
+    with caplog.at_level(logging.INFO, logger="exporter.sources.tegrastats"):
+        source = tegrastats.make_source(str(log))
+    assert "skipped %d lines" % len(OTHER_LINES) in caplog.text
+    assert source.describe()["skipped_lines"] == str(len(OTHER_LINES))
+    assert source.board == "jetson-xavier-nx/orin-nx/orin-nano (from tegrastats rails)"
+    assert source.update_interval_s == pytest.approx(0.5)  # from the dates of the tegrastats lines only
+    assert source.read().total_watts == pytest.approx(HAND_TOTALS["Xavier NX 8GB"])
+    time.sleep(2.6)
+    with pytest.raises(TraceEnded, match="ended after 5 lines"):
+        source.read()
+
+
+def test_replay_of_other_lines_only_is_unavailable(tmp_path):
+    log = tmp_path / "prompt.log"
+    log.write_text("\n".join(OTHER_LINES) + "\n")
+    with pytest.raises(SourceUnavailable, match="no tegrastats lines"):
+        tegrastats.make_source(str(log))
+
+
 def test_replay_unusable_logs(tmp_path):
     with pytest.raises(SourceUnavailable, match="cannot read"):
-        tegrastats.open(str(tmp_path / "missing.log"))
+        tegrastats.make_source(str(tmp_path / "missing.log"))
     empty = tmp_path / "empty.log"
     empty.write_text("\n")
     with pytest.raises(SourceUnavailable, match="no lines"):
-        tegrastats.open(str(empty))
+        tegrastats.make_source(str(empty))
     nano2 = tmp_path / "nano2gb.log"
     nano2.write_text(LINES["Nano 2GB"] + "\n")
     with pytest.raises(SourceUnavailable, match="no power fields"):
-        tegrastats.open(str(nano2))
+        tegrastats.make_source(str(nano2))

@@ -16,13 +16,12 @@ world-readable files.  Three layouts exist on Jetson boards:
 
 Devices are found through the driver directories and the ``name`` attribute,
 never by ``hwmonN`` number: that index depends on probe order and changes
-between boots.  open() resolves the file list once; read() only re-reads the
+between boots.  make_source() resolves the file list once; read() only re-reads the
 value files.  When a value file is gone (the driver was unbound and bound
 again, so the chip came back under another ``hwmonN``), the next read looks
 the monitors up again and carries on if the same rails are there.
 """
 
-import builtins
 import errno
 import os
 import re
@@ -73,9 +72,9 @@ def _read_int(path: str) -> int:
 
 
 def _read_text(path: str) -> Optional[str]:
-    """A text attribute (label, name, model) at open(); None when absent."""
+    """A text attribute (label, name, model) at make_source(); None when absent."""
     try:
-        with builtins.open(path, "rb") as fh:
+        with open(path, "rb") as fh:
             return fh.read().replace(b"\x00", b"").decode("utf-8", "replace").strip()
     except OSError:
         return None
@@ -330,7 +329,7 @@ class HwmonSource(PowerSource):
         return facts
 
 
-def open(arg: Optional[str] = None, sysfs_root: str = "/sys", **options) -> HwmonSource:
+def make_source(arg: Optional[str] = None, sysfs_root: str = "/sys", **options) -> HwmonSource:
     """Open every power monitor under the sysfs root.
 
     ``arg`` (``hwmon:/path``), when given, is the sysfs root and wins over the

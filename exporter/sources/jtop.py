@@ -46,7 +46,7 @@ READ_WAIT_INTERVALS = 1.5
 STALE_INTERVALS = 4
 # Least time between two reconnection attempts (each builds a jtop client).
 RECONNECT_GAP_S = 1.0
-# open() gives up when the service has not answered by then.
+# make_source() gives up when the service has not answered by then.
 OPEN_TIMEOUT_S = 5.0
 
 
@@ -254,7 +254,7 @@ class JtopSource(PowerSource):
         self._drop()
 
 
-def open(arg: Optional[str], interval_s: Optional[float] = None, **options) -> PowerSource:
+def make_source(arg: Optional[str], interval_s: Optional[float] = None, **options) -> PowerSource:
     """Connect to the running jtop service; SourceUnavailable says why not."""
     if arg:
         raise ValueError("source 'jtop' takes no argument, got %r" % arg)

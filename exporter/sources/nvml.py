@@ -124,7 +124,7 @@ def _parse_arg(arg: Optional[str]) -> Optional[int]:
     return index
 
 
-def open(arg: Optional[str], **options) -> NvmlSource:
+def make_source(arg: Optional[str], **options) -> NvmlSource:
     """Open GPU ``arg`` (default 0, or ``all``); SourceUnavailable when NVML or power is missing."""
     wanted = _parse_arg(arg)
     try:

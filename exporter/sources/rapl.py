@@ -29,7 +29,6 @@ Since Linux 5.10 (CVE-2020-8694, "Platypus") ``energy_uj`` is mode 0400
 root: as another user the source is unavailable and says so.
 """
 
-import builtins
 import os
 import re
 import time
@@ -89,7 +88,7 @@ class Zone:
 
 
 def _read_text(path: str) -> str:
-    with builtins.open(path) as fh:
+    with open(path) as fh:
         return fh.read().strip()
 
 
@@ -200,7 +199,7 @@ class RaplSource(PowerSource):
 def _cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, for the board label."""
     try:
-        with builtins.open("/proc/cpuinfo") as fh:
+        with open("/proc/cpuinfo") as fh:
             for line in fh:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name":
@@ -210,6 +209,6 @@ def _cpu_model() -> str:
     return "unknown CPU"
 
 
-def open(arg: Optional[str], sysfs_root: str = "/sys", **options) -> RaplSource:
+def make_source(arg: Optional[str], sysfs_root: str = "/sys", **options) -> RaplSource:
     """Open every RAPL zone under ``sysfs_root``; ``arg`` is unused."""
     return RaplSource(sysfs_root or "/sys")

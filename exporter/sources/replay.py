@@ -13,7 +13,7 @@ Semantics (a step function, like the sensor that recorded it):
 * the trace's exact energy is ``sum(P_i * (t_{i+1} - t_i))``, which
   :func:`trace_energy_joules` returns so tests can compare against it.
 
-Playback runs once, in real time: ``time_s[0]`` is the instant ``open()``
+Playback runs once, in real time: ``time_s[0]`` is the instant ``make_source()``
 returns.  The replayed sensor is an ideal averaging monitor: each read
 returns the trace's mean power since the previous read (the first read, the
 value at that instant), so the sampler's power x time integral reproduces
@@ -24,7 +24,6 @@ are labelled ``simulated``.
 """
 
 import bisect
-import builtins
 import csv
 import math
 import os
@@ -81,7 +80,7 @@ def load_trace(path: str) -> Trace:
     """Parse and validate ``path``; raise TraceFormatError naming the bad line."""
     label = os.path.basename(path) or path
     try:
-        with builtins.open(path, newline="") as fh:
+        with open(path, newline="") as fh:
             rows = [(number, row) for number, row in enumerate(csv.reader(fh), start=1) if row]
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceFormatError(f"replay: cannot read {path}: {exc}") from None
@@ -195,7 +194,7 @@ class ReplaySource(PowerSource):
         return info
 
 
-def open(arg: Optional[str], **options) -> ReplaySource:
+def make_source(arg: Optional[str], **options) -> ReplaySource:
     """Open ``replay:PATH``; raises TraceFormatError (a SourceUnavailable) for a bad file."""
     if not arg:
         raise SourceUnavailable("replay needs a trace file: replay:PATH")

@@ -18,7 +18,6 @@ channels x bus + shunt conversions of 1.1 ms, no averaging) and reads in
 between return the held value.  Readings are always labelled simulated.
 """
 
-import builtins
 import collections
 import random
 from typing import Deque, Dict, Optional, Tuple
@@ -42,7 +41,7 @@ RAILS = ("POM_5V_IN", "POM_5V_GPU", "POM_5V_CPU")
 
 def cpu_times(path: str = PROC_STAT) -> Tuple[int, int]:
     """(busy, total) jiffies of all CPUs from the aggregate ``cpu`` line."""
-    with builtins.open(path) as fh:
+    with open(path) as fh:
         fields = fh.readline().split()
     if not fields or fields[0] != "cpu":
         raise ValueError(f"{path}: first line is not the aggregate cpu line")
@@ -139,7 +138,7 @@ class SimulatedNano(PowerSource):
         )
 
 
-def open(
+def make_source(
     arg: Optional[str], interval_s: Optional[float] = None, seed: Optional[int] = None, **options
 ) -> SimulatedNano:
     """Open the simulated Nano; ``interval_s`` is the INA3221 update period (default 6.6 ms)."""

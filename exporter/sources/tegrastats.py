@@ -7,12 +7,12 @@ JetPack 4, ``VDD_IN 5072mW/5072mW`` from JetPack 5, three values per rail on
 JetPack 7.2); :func:`parse_line` reads all of them and always takes the first
 value, the instantaneous one, because the others are running averages/peaks.
 
-``open(None)`` runs ``tegrastats --interval MS`` and serves its latest line;
-``open("run.log")`` replays a ``tegrastats --logfile`` recording in real time.
+``make_source(None)`` runs ``tegrastats --interval MS`` and serves its latest line;
+``make_source("run.log")`` replays a ``tegrastats --logfile`` recording in real time.
 """
 
-import builtins
 import datetime
+import logging
 import math
 import re
 import shutil
@@ -24,7 +24,10 @@ from typing import Dict, List, Optional, Tuple, Union
 from .base import PowerSource, Reading, SensorReadError, SourceUnavailable, TraceEnded
 from .rails import NOT_CONNECTED, total_of
 
+log = logging.getLogger(__name__)
+
 NO_POWER_FIELDS = "no power fields in tegrastats line (this board has no power monitor?)"
+NOT_TEGRASTATS = "not a tegrastats line"
 
 DEFAULT_INTERVAL_S = 0.1  # tegrastats' own default is 1 s; power wants finer steps
 DEFAULT_REPLAY_INTERVAL_S = 1.0  # tegrastats --logfile default when the log carries no dates
@@ -39,6 +42,10 @@ _RAIL = re.compile(
 )
 # Memory fields that share the ``used/total`` shape when printed without a unit.
 _NOT_RAILS = frozenset({"RAM", "SWAP", "IRAM"})
+
+# Every tegrastats line has the RAM field (first, after the date of JetPack 5+ logs); a line with
+# neither it nor a rail (``date``, ``NV Power Mode: MAXN``, a shell prompt) is not tegrastats output.
+_RAM_FIELD = re.compile(r"(?<!\S)RAM \d+/\d+[kMG]?B(?!\S)")
 
 # ``tegrastats --logfile`` on JetPack 5+ starts each line with ``MM-DD-YYYY HH:MM:SS``.
 _DATE = re.compile(r"^\s*(\d{2}-\d{2}-\d{4} \d{2}:\d{2}:\d{2})\s")
@@ -62,12 +69,17 @@ _BOARD_SIGNATURES = (
 )
 
 
+class NotTegrastatsLine(ValueError):
+    """The line is something else that landed in the log or the pipe: skipped, not an error."""
+
+
 def parse_line(line: str) -> Tuple[float, Dict[str, float]]:
     """``(total_watts, {rail: watts})`` from one tegrastats line of any JetPack generation.
 
     Unconnected ``NC`` channels are dropped; the total follows
-    :func:`exporter.sources.rails.total_of`.  A line without power fields
-    raises ValueError: a board without a monitor must not read as 0 W.
+    :func:`exporter.sources.rails.total_of`.  A tegrastats line without power
+    fields raises ValueError: a board without a monitor must not read as 0 W.
+    Any other line raises :class:`NotTegrastatsLine`.
     """
     rails: Dict[str, float] = {}
     for match in _RAIL.finditer(line):
@@ -76,6 +88,8 @@ def parse_line(line: str) -> Tuple[float, Dict[str, float]]:
             continue
         rails[name] = float(match.group(2)) / 1000.0
     if not rails:
+        if _RAM_FIELD.search(line) is None:
+            raise NotTegrastatsLine(NOT_TEGRASTATS)
         raise ValueError(NO_POWER_FIELDS)
     return total_of(rails), rails
 
@@ -108,6 +122,7 @@ class _Child:
         self.latest: Optional[Union[Reading, str]] = None
         self.last_text = ""  # last line that was not a reading, for error messages
         self.bad_lines = 0  # lines without power since the last reading
+        self.last_skipped = ""  # last line that was not tegrastats output
         self.returncode: Optional[int] = None
         self.thread: Optional[threading.Thread] = None
 
@@ -137,6 +152,7 @@ class LiveTegrastats(PowerSource):
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._child: Optional[_Child] = None
+        self.skipped_lines = 0  # over every child: lines that were not tegrastats output
         with self._lock:
             try:
                 self._spawn()
@@ -170,6 +186,9 @@ class LiveTegrastats(PowerSource):
             try:
                 total, rails = parse_line(text)
                 update: Union[Reading, str] = Reading(timestamp=arrived, total_watts=total, rails=rails)
+            except NotTegrastatsLine:
+                self._skip(child, text.strip()[:200])
+                continue
             except ValueError as exc:
                 update = "%s: %r" % (exc, text.strip()[:200])
             with self._lock:
@@ -189,6 +208,13 @@ class LiveTegrastats(PowerSource):
             child.returncode = code
             self._changed.notify_all()
 
+    def _skip(self, child: _Child, text: str) -> None:
+        with self._lock:
+            child.last_skipped = text
+            self.skipped_lines += 1
+            count = self.skipped_lines
+        log.info("tegrastats: skipped a line that is not tegrastats output (%d so far): %r", count, text)
+
     def _await_first_line(self, timeout_s: float) -> None:
         """Turn a tegrastats that cannot deliver power here into SourceUnavailable.
 
@@ -204,7 +230,8 @@ class LiveTegrastats(PowerSource):
                 if left <= 0:
                     break
                 self._changed.wait(left)
-            latest, code, last_text = child.latest, child.returncode, child.last_text
+            latest, code, skipped = child.latest, child.returncode, self.skipped_lines
+            last_text = child.last_text or child.last_skipped
         if isinstance(latest, Reading):
             return
         self.close()
@@ -212,6 +239,9 @@ class LiveTegrastats(PowerSource):
             raise SourceUnavailable(_exit_message(code, last_text))
         if isinstance(latest, str):
             raise SourceUnavailable(latest)
+        if skipped:
+            raise SourceUnavailable("tegrastats printed no tegrastats line within %g s, only %d other lines (last: %r)"
+                                    % (timeout_s, skipped, child.last_skipped))
         raise SourceUnavailable("tegrastats printed no line within %g s" % timeout_s)
 
     def read(self) -> Reading:
@@ -266,6 +296,11 @@ class LiveTegrastats(PowerSource):
                 child.proc.wait()
         _reap(child)
 
+    def describe(self) -> Dict[str, str]:
+        facts = super().describe()
+        facts["skipped_lines"] = str(self.skipped_lines)
+        return facts
+
 
 def _exit_message(code: int, last_text: str) -> str:
     message = "tegrastats exited with code %d" % code
@@ -281,7 +316,7 @@ def _reap(child: _Child) -> None:
 
 
 class ReplayedTegrastats(PowerSource):
-    """A ``tegrastats --logfile`` recording played back in real time from open().
+    """A ``tegrastats --logfile`` recording played back in real time from make_source().
 
     Line k is served from ``t0 + k * interval`` on, stamped with that instant,
     so the sampler integrates the recording exactly as it was measured.
@@ -292,24 +327,37 @@ class ReplayedTegrastats(PowerSource):
 
     def __init__(self, path: str, interval_s: Optional[float]) -> None:
         try:
-            with builtins.open(path, encoding="utf-8", errors="replace") as handle:
-                lines = [line.strip() for line in handle if line.strip()]
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                lines = [line.strip() for line in handle]
         except OSError as exc:
             raise SourceUnavailable("cannot read tegrastats log %s: %s" % (path, exc)) from exc
-        if not lines:
+        if not any(lines):
             raise SourceUnavailable("tegrastats log %s has no lines" % path)
         self.path = path
         self._entries: List[Union[Tuple[float, Dict[str, float]], str]] = []
+        kept: List[str] = []  # the tegrastats lines: each is one step of the recording
+        skipped: List[str] = []
         for line in lines:
             try:
                 self._entries.append(parse_line(line))
+            except NotTegrastatsLine:
+                skipped.append(line)
+                continue
             except ValueError as exc:
                 self._entries.append("%s (%s)" % (exc, path))
+            kept.append(line)
+        self.skipped_lines = len(skipped)
+        if skipped:
+            log.info("tegrastats log %s: skipped %d lines that are not tegrastats output (first: %r)",
+                     path, len(skipped), skipped[0][:200])
+        if not kept:
+            raise SourceUnavailable("tegrastats log %s has no tegrastats lines (%d other lines, first: %r)"
+                                    % (path, len(skipped), skipped[0][:200]))
         first = next((e for e in self._entries if not isinstance(e, str)), None)
         if first is None:
             raise SourceUnavailable("%s: %s" % (NO_POWER_FIELDS, path))
         self.board = board_from_rails(first[1])
-        self.update_interval_s = _replay_interval(lines, interval_s)
+        self.update_interval_s = _replay_interval(kept, interval_s)
         self._t0 = time.monotonic()
 
     def read(self) -> Reading:
@@ -325,6 +373,7 @@ class ReplayedTegrastats(PowerSource):
     def describe(self) -> Dict[str, str]:
         facts = super().describe()
         facts["replay_file"] = self.path
+        facts["skipped_lines"] = str(self.skipped_lines)
         return facts
 
 
@@ -343,7 +392,7 @@ def _replay_interval(lines: List[str], interval_s: Optional[float]) -> float:
     return DEFAULT_REPLAY_INTERVAL_S
 
 
-def open(arg: Optional[str], interval_s: Optional[float] = None, **options) -> PowerSource:
+def make_source(arg: Optional[str], interval_s: Optional[float] = None, **options) -> PowerSource:
     """``tegrastats`` (live child process) or ``tegrastats:PATH`` (replay a saved log).
 
     Options: ``interval_s`` (live: the ``--interval`` asked of tegrastats,
