@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .ringbuffer import RingBuffer
 from .sources.base import PowerSource, Reading
@@ -31,6 +31,7 @@ GAP_PERIODS = 5  # a pause longer than this many sample periods is a gap, not an
 MIN_GAP_S = 0.1  # ...but never shorter than this: a scheduler hiccup is not a sensor fault
 HANG_SLACK_S = 0.05  # a read running this much longer than a period is a hung sensor
 JITTER_WINDOW = 1000
+TURN_LEAD_S = 0.001  # under load the sampler takes its turn this long before it reads (at most period/4)
 
 
 class WindowError(ValueError):
@@ -121,6 +122,10 @@ class Sampler:
         self._jitter: deque = deque(maxlen=JITTER_WINDOW)
         self._last_error = ""
         self._ready = threading.Event()
+        # Held around each read.  Other threads of the process that run Python hold it too (the daemon's
+        # HTTP handlers), so the read's syscalls never hand the GIL to them: a thread that gives up the
+        # GIL for a syscall waits to get it back behind every runnable thread, once per file read.
+        self.turn = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> "Sampler":
@@ -151,18 +156,34 @@ class Sampler:
         self._listeners.append(listener)
 
     # -- the loop --------------------------------------------------------
+    def _take_turn(self) -> Tuple[bool, bool]:
+        """(holds the turn, a handler had it): waits half a period at most, then reads without it."""
+        if self.turn.acquire(False):
+            return True, False
+        return self.turn.acquire(timeout=self.period_s / 2), True
+
     def _run(self) -> None:
         next_t = time.monotonic()
         failures = 0
+        lead_s = min(TURN_LEAD_S, self.period_s / 4)
+        contended = False
         while not self._stop.is_set():
-            delay = next_t - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # clock_nanosleep: far finer than Event.wait
+            turn = False
+            if contended:
+                # A handler held the turn last time: queue for it ahead of the sample instant, so
+                # waiting out a handler's burst delays the wait, not the read.
+                _sleep_until(next_t - lead_s)
+                turn, contended = self._take_turn()
+            _sleep_until(next_t)
+            if not turn:
+                turn, contended = self._take_turn()
             woke = time.monotonic()
             self._read_started = woke
             try:
                 reading = self.source.read()
             except Exception as exc:  # a sensor fault of any kind must not kill the thread
+                if turn:
+                    self.turn.release()
                 self._read_started = None
                 failures += 1
                 self._record_failure(exc, first=failures == 1)
@@ -176,6 +197,8 @@ class Sampler:
                 failures = 0
             self._jitter.append(abs(woke - next_t))
             self._ingest(reading)
+            if turn:
+                self.turn.release()
             next_t += self.period_s
             now = time.monotonic()
             if next_t < now:  # overran (GIL, slow sensor): resume the grid from now
@@ -252,6 +275,11 @@ class Sampler:
             return True
         return now - self._last_t > self._max_gap_s
 
+    def state_key(self) -> Tuple[int, int, bool]:
+        """Changes whenever a scrape would show something new: a sample, an error, the sensor going stale."""
+        with self._lock:
+            return self._samples, self._errors, self._up and not self._stale(time.monotonic())
+
     def snapshot(self) -> SamplerSnapshot:
         with self._lock:
             reading = self._reading
@@ -309,13 +337,6 @@ class Sampler:
                 covered_s=c1 - c0,
             )
 
-    def begin_window(self) -> float:
-        """Zeus-style: mark the start of a measurement window."""
-        return time.monotonic()
-
-    def end_window(self, start: float, wait_s: float = 1.0) -> WindowEnergy:
-        return self.energy(start, time.monotonic(), wait_s=wait_s)
-
     def samples(self, since: float, limit: Optional[int] = None) -> List[Sample]:
         """Buffered samples with timestamp > ``since``, oldest first."""
         with self._lock:
@@ -326,6 +347,12 @@ class Sampler:
             if limit is not None:
                 first = max(first, buf.size - limit)
             return [Sample(t, w[0], buf.rail_dict(w)) for t, w in buf.rows(first)]
+
+
+def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)  # clock_nanosleep: far finer than Event.wait
 
 
 def _ema(previous: Optional[float], value: float, alpha: float = 0.05) -> float:
