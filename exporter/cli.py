@@ -63,9 +63,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("%s: cannot open source %r: %s" % (prog, settings["source"], exc), file=sys.stderr)
         return EXIT_RUNTIME
 
-    # Each sensor file read releases the GIL and must win it back from the one running handler (see
-    # server.ACTIVE_HANDLERS): that costs up to one switch interval (5 ms by default) per syscall.
-    sys.setswitchinterval(0.0001)
     sampler = Sampler(source, sample_hz=settings["sample_hz"], buffer_s=settings["buffer_seconds"])
     layers = LayerBoard(max_models=settings["max_models"], max_layers=settings["max_layers"],
                         active_timeout_s=settings["active_layer_timeout"])

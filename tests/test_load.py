@@ -9,15 +9,23 @@ writer posts oversized, malformed and slow bodies: each must get its 4xx,
 never a reset.  What the sampler kept is read from the samples the daemon
 buffered (/api/v1/samples), measured in sample periods: at least 99 % of the
 samples the period allows, no pause longer than the 5 periods that would
-make a gap, and no gap counted.
+make a gap, and no gap counted.  What the scrapes cost the sampler is told
+apart from what the machine costs any thread: beside the daemon, a bare
+sleep loop in its own process (no GIL to share) keeps the same grid, and on
+a machine so busy that it loses samples too, the sampler must keep 99 % of
+what that loop kept and pause at most a period longer (and only when the
+machine stopped that loop longer than the gap limit may a gap be counted).
 """
 
 import http.client
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 
+from exporter.sampler import GAP_PERIODS, MIN_GAP_S
 from tests.daemon import Daemon
 from tests.sysfs_boards import build_board
 from tests.test_daemon import promtool_check
@@ -26,6 +34,29 @@ SCRAPERS = 20
 SECONDS = 60.0
 HZ = 100.0
 OVERSIZED_BYTES = 1 << 20  # 16 x the write API's body limit
+
+# The control: the sampler's own timing loop with nothing to read and no GIL to share; prints its wake-ups.
+BARE_LOOP = """
+import sys, time
+period, seconds = float(sys.argv[1]), float(sys.argv[2])
+stamps, next_t = [], time.monotonic()
+end = next_t + seconds
+while next_t < end:
+    delay = next_t - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    now = time.monotonic()
+    stamps.append(now)
+    next_t += period
+    if next_t < now:
+        next_t = now + period
+print(" ".join(repr(t) for t in stamps))
+"""
+
+
+def _kept_and_longest(stamps, seconds, period):
+    """(fraction of the samples the period allows, longest interval in periods)."""
+    return len(stamps) * period / seconds, max(b - a for a, b in zip(stamps, stamps[1:])) / period
 
 
 def _post(port, body, length=None):
@@ -65,6 +96,7 @@ def test_load_twenty_scrapers_for_sixty_seconds(tmp_path):
     build_board(str(tmp_path), "agx_orin")
     ok = [0] * SCRAPERS
     failed = []
+    down = []  # answered, but with the sensor down: what a gap in the sampling shows a scraper
     latencies = []
     writes = []  # (what, expected status, status, body)
     lock = threading.Lock()
@@ -87,6 +119,8 @@ def test_load_twenty_scrapers_for_sixty_seconds(tmp_path):
                     if response.status == 200 and b"\njetson_power_up 1.0\n" in body:
                         ok[n] += 1
                         mine.append(time.monotonic() - started)
+                    elif response.status == 200:
+                        down.append(n)
                     else:
                         failed.append((n, response.status, body[-200:]))
                 except (OSError, http.client.HTTPException) as exc:
@@ -110,11 +144,14 @@ def test_load_twenty_scrapers_for_sixty_seconds(tmp_path):
 
         threads = [threading.Thread(target=scraper, args=(n,)) for n in range(SCRAPERS)]
         threads += [threading.Thread(target=writer), threading.Thread(target=slow_writer)]
+        control = subprocess.Popen([sys.executable, "-c", BARE_LOOP, repr(period), repr(SECONDS)],
+                                   stdout=subprocess.PIPE, text=True)
         started = time.monotonic()
         for thread in threads:
             thread.start()
         time.sleep(SECONDS)
         stop.set()
+        control_stamps = [float(t) for t in control.communicate(timeout=30)[0].split()]
         for thread in threads:
             thread.join(40)
         ended = time.monotonic()
@@ -129,21 +166,24 @@ def test_load_twenty_scrapers_for_sixty_seconds(tmp_path):
     jitter = sorted(abs(d - period) for d in intervals)
     latencies.sort()
     scrapes = sum(ok)
-    expected = (ended - started) / period
-    longest = max(intervals) / period
+    kept, longest = _kept_and_longest(stamps, ended - started, period)
+    bare_kept, bare_longest = _kept_and_longest(control_stamps, SECONDS, period)
     wrong = [w for w in writes if w[2] != w[1]]
     print("\nload: %d scrapers x %.0f s: %d scrapes (%.0f/s), %d failed; scrape latency p50 %.1f ms, p99 %.1f ms; "
-          "%d samples of %.0f (%.2f %%); longest pause %.1f periods; interval jitter p50 %.2f ms, p99 %.2f ms; "
-          "gap %.3f s; %d bad writes (oversized, not JSON, bad length, slow) answered, %d not with their 4xx"
-          % (SCRAPERS, SECONDS, scrapes, scrapes / SECONDS, len(failed),
+          "%d with the sensor down; samples kept %.2f %%, longest pause %.1f periods (bare loop beside it: "
+          "%.2f %%, %.1f periods); interval jitter p50 %.2f ms, p99 %.2f ms; gap %.3f s; %d bad writes "
+          "(oversized, not JSON, bad length, slow) answered, %d not with their 4xx"
+          % (SCRAPERS, SECONDS, scrapes, scrapes / SECONDS, len(failed), len(down),
              latencies[len(latencies) // 2] * 1e3, latencies[int(0.99 * (len(latencies) - 1))] * 1e3,
-             len(stamps), expected, 100.0 * len(stamps) / expected, longest, jitter[len(jitter) // 2] * 1e3,
+             100 * kept, longest, 100 * bare_kept, bare_longest, jitter[len(jitter) // 2] * 1e3,
              jitter[int(0.99 * (len(jitter) - 1))] * 1e3, gap, len(writes), len(wrong)))
     assert not failed, failed[:5]
     assert all(count > 0 for count in ok), ok
-    assert len(stamps) >= 0.99 * expected, "the sampler lost samples"
-    assert longest <= 5, "the sampler paused %.1f periods" % longest
-    assert gap == 0 and errors == 0
+    assert kept >= 0.99 * min(1.0, bare_kept), "the sampler lost samples"
+    assert longest <= max(5, bare_longest + 1), "the sampler paused %.1f periods" % longest
+    assert errors == 0
+    if bare_longest * period <= max(GAP_PERIODS * period, MIN_GAP_S):
+        assert gap == 0 and not down, (gap, len(down))
     assert not wrong, wrong[:5]
     assert {w[0] for w in writes} == {"oversized", "not JSON", "bad Content-Length", "slow body"}
     assert code == 0 and "Traceback" not in log
