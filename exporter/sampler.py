@@ -165,14 +165,14 @@ class Sampler:
         lead_s = min(TURN_LEAD_S, self.period_s / 4)
         contended = False
         while not self._stop.is_set():
-            turn = False
-            if contended:
+            early = contended
+            if early:
                 # A handler held the turn last time: queue for it ahead of the sample instant, so
                 # waiting out a handler's burst delays the wait, not the read.
                 _sleep_until(next_t - lead_s)
                 turn, contended = self._take_turn()
             _sleep_until(next_t)
-            if not turn:
+            if not early:
                 turn, contended = self._take_turn()
             woke = time.monotonic()
             self._read_started = woke
