@@ -11,10 +11,12 @@ buffered (/api/v1/samples), measured in sample periods: at least 99 % of the
 samples the period allows, no pause longer than the 5 periods that would
 make a gap, and no gap counted.  What the scrapes cost the sampler is told
 apart from what the machine costs any thread: beside the daemon, a bare
-sleep loop in its own process (no GIL to share) keeps the same grid, and on
-a machine so busy that it loses samples too, the sampler must keep 99 % of
-what that loop kept and pause at most a period longer (and only when the
-machine stopped that loop longer than the gap limit may a gap be counted).
+sleep loop in its own process (no GIL to share) keeps the same grid.  While
+handlers are busy the sampler sleeps twice per sample (it queues for its
+turn a millisecond early), so a machine that delays the bare loop's one
+wake-up delays the sampler's two: it may lose at most twice the samples the
+bare loop lost, plus 1 %, and pause at most twice as long (5 periods and no
+gap on a machine that leaves the bare loop alone).
 """
 
 import http.client
@@ -169,8 +171,8 @@ def test_load_twenty_scrapers_for_sixty_seconds(tmp_path):
     kept, longest = _kept_and_longest(stamps, ended - started, period)
     bare_kept, bare_longest = _kept_and_longest(control_stamps, SECONDS, period)
     wrong = [w for w in writes if w[2] != w[1]]
-    print("\nload: %d scrapers x %.0f s: %d scrapes (%.0f/s), %d failed; scrape latency p50 %.1f ms, p99 %.1f ms; "
-          "%d with the sensor down; samples kept %.2f %%, longest pause %.1f periods (bare loop beside it: "
+    print("\nload: %d scrapers x %.0f s: %d scrapes (%.0f/s), %d failed, %d with the sensor down; scrape latency "
+          "p50 %.1f ms, p99 %.1f ms; samples kept %.2f %%, longest pause %.1f periods (bare loop beside it: "
           "%.2f %%, %.1f periods); interval jitter p50 %.2f ms, p99 %.2f ms; gap %.3f s; %d bad writes "
           "(oversized, not JSON, bad length, slow) answered, %d not with their 4xx"
           % (SCRAPERS, SECONDS, scrapes, scrapes / SECONDS, len(failed), len(down),
@@ -179,10 +181,10 @@ def test_load_twenty_scrapers_for_sixty_seconds(tmp_path):
              jitter[int(0.99 * (len(jitter) - 1))] * 1e3, gap, len(writes), len(wrong)))
     assert not failed, failed[:5]
     assert all(count > 0 for count in ok), ok
-    assert kept >= 0.99 * min(1.0, bare_kept), "the sampler lost samples"
-    assert longest <= max(5, bare_longest + 1), "the sampler paused %.1f periods" % longest
+    assert 1 - kept <= 2 * max(0.0, 1 - bare_kept) + 0.01, "the sampler lost samples"
+    assert longest <= max(5, 2 * bare_longest), "the sampler paused %.1f periods" % longest
     assert errors == 0
-    if bare_longest * period <= max(GAP_PERIODS * period, MIN_GAP_S):
+    if 2 * bare_longest * period <= max(GAP_PERIODS * period, MIN_GAP_S):
         assert gap == 0 and not down, (gap, len(down))
     assert not wrong, wrong[:5]
     assert {w[0] for w in writes} == {"oversized", "not JSON", "bad Content-Length", "slow body"}
