@@ -63,9 +63,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("%s: cannot open source %r: %s" % (prog, settings["source"], exc), file=sys.stderr)
         return EXIT_RUNTIME
 
-    # Each sensor file read releases the GIL and must win it back; with scrape threads busy that
-    # costs up to one switch interval (5 ms by default) per syscall, which at 100 Hz is the whole period.
-    sys.setswitchinterval(0.0005)
     sampler = Sampler(source, sample_hz=settings["sample_hz"], buffer_s=settings["buffer_seconds"])
     layers = LayerBoard(max_models=settings["max_models"], max_layers=settings["max_layers"],
                         active_timeout_s=settings["active_layer_timeout"])

@@ -76,7 +76,9 @@ SETTINGS: Dict[str, Tuple[Any, Callable[[Any], Any], str]] = {
     "source": ("auto", _string, "power source spec: auto, hwmon, jtop, tegrastats[:LOG], nvml[:GPU], rapl, "
                                 "sim, replay:CSV"),
     "listen": ("0.0.0.0:8000", _listen, "address to serve on, HOST:PORT"),
-    "sample_hz": (100.0, _positive_float, "sampling rate in Hz (capped at the sensor's update rate)"),
+    "sample_hz": (None, lambda v: None if v is None else _positive_float(v),
+                  "sampling rate in Hz, capped at the sensor's update rate; unset, the sensor's update rate "
+                  "(at most 200 Hz), or 100 Hz when the sensor does not say"),
     "buffer_seconds": (600.0, _positive_float, "seconds of samples kept for the window API"),
     "sensor_interval": (None, lambda v: None if v is None else _positive_float(v),
                         "sensor/refresh interval to request from jtop, tegrastats or sim, in seconds"),

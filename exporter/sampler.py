@@ -1,16 +1,11 @@
 """The one thread that owns a power source: samples it, integrates energy, buffers history.
 
-Integration rule (sample-and-hold sensors): an INA3221/INA238 value is the
-average over the sensor's last conversion period, which lies *before* the
-instant it is read.  So reading k is charged over the interval since the
-previous reading, (t_{k-1}, t_k]: power is a step function that takes the
-value of the next reading.  Sources with a hardware energy counter (NVML,
-RAPL) are integrated from counter deltas instead, which is exact.
-
-A failed read never kills the thread: it counts the error, marks the sensor
-down, retries with backoff and does not integrate across the gap (a held
-value says nothing about the time the sensor was away); the skipped time is
-counted in ``gap_seconds_total``.
+Energy is integrated by :class:`~exporter.integrator.EnergyIntegrator` (the
+integration rule is there); this module owns the clock, the thread and the
+locks.  A failed read never kills the thread: it counts the error, marks the
+sensor down, retries with backoff and does not integrate across the gap (a
+held value says nothing about the time the sensor was away); the skipped
+time is counted in ``gap_seconds_total``.
 """
 
 import logging
@@ -19,18 +14,22 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
+from .integrator import EnergyIntegrator
 from .ringbuffer import RingBuffer
 from .sources.base import PowerSource, Reading
 
 log = logging.getLogger(__name__)
 
+DEFAULT_HZ = 100.0  # sample rate for a sensor that does not say how often it updates
+MAX_DEFAULT_HZ = 200.0  # ...and the most a sensor's own update rate sets it to
 MAX_BACKOFF_S = 1.0
 GAP_PERIODS = 5  # a pause longer than this many sample periods is a gap, not an interval
 MIN_GAP_S = 0.1  # ...but never shorter than this: a scheduler hiccup is not a sensor fault
 HANG_SLACK_S = 0.05  # a read running this much longer than a period is a hung sensor
 JITTER_WINDOW = 1000
+TURN_LEAD_S = 0.001  # under load the sampler takes its turn this long before it reads (at most period/4)
 
 
 class WindowError(ValueError):
@@ -84,12 +83,15 @@ class SamplerSnapshot:
 
 
 class Sampler:
-    def __init__(self, source: PowerSource, sample_hz: float = 100.0, buffer_s: float = 600.0):
-        if not (sample_hz > 0 and math.isfinite(sample_hz)):
+    def __init__(self, source: PowerSource, sample_hz: Optional[float] = None, buffer_s: float = 600.0):
+        """``sample_hz`` None: the sensor's update rate, at most MAX_DEFAULT_HZ, or DEFAULT_HZ when unknown."""
+        if sample_hz is not None and not (sample_hz > 0 and math.isfinite(sample_hz)):
             raise ValueError("sample_hz must be a positive number, got %r" % (sample_hz,))
         if not (buffer_s > 0 and math.isfinite(buffer_s)):
             raise ValueError("buffer_s must be a positive number of seconds, got %r" % (buffer_s,))
         self.source = source
+        if sample_hz is None:
+            sample_hz = MAX_DEFAULT_HZ if source.update_interval_s else DEFAULT_HZ
         hz = sample_hz
         if source.update_interval_s:
             # Sampling faster than the sensor produces values only re-reads held values.
@@ -100,27 +102,27 @@ class Sampler:
         self._max_gap_s = max(GAP_PERIODS * self.period_s, MIN_GAP_S)
         self._lock = threading.Lock()
         self._new_sample = threading.Condition(self._lock)
+        self._window_waiters = 0  # energy() calls waiting for a sample: a notify costs even when nobody waits
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._listeners: List[Callable[[float, float, float], None]] = []
         self._buffer: Optional[RingBuffer] = None
+        self._integrator: Optional[EnergyIntegrator] = None  # both made at the first reading, which names the rails
         self._reading: Optional[Reading] = None
         self._up = False
         self._samples = 0
         self._errors = 0
-        self._energy: List[float] = []
-        self._covered = 0.0
-        self._gap_s = 0.0
-        self._last_t: Optional[float] = None  # last good sample, None after a failure
         self._read_started: Optional[float] = None  # set while source.read() runs
-        self._last_counter: Optional[float] = None
-        self._last_seen_t: Optional[float] = None  # last sample ever, for gap accounting
         self._interval_ema: Optional[float] = None
         self._sensor_ema: Optional[float] = None
         self._last_change_t: Optional[float] = None
         self._jitter: deque = deque(maxlen=JITTER_WINDOW)
         self._last_error = ""
         self._ready = threading.Event()
+        # Held around each read.  Other threads of the process that run Python hold it too (the daemon's
+        # HTTP handlers), so the read's syscalls never hand the GIL to them: a thread that gives up the
+        # GIL for a syscall waits to get it back behind every runnable thread, once per file read.
+        self.turn = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> "Sampler":
@@ -151,18 +153,34 @@ class Sampler:
         self._listeners.append(listener)
 
     # -- the loop --------------------------------------------------------
+    def _take_turn(self) -> Tuple[bool, bool]:
+        """(holds the turn, a handler had it): waits half a period at most, then reads without it."""
+        if self.turn.acquire(False):
+            return True, False
+        return self.turn.acquire(timeout=self.period_s / 2), True
+
     def _run(self) -> None:
         next_t = time.monotonic()
         failures = 0
+        lead_s = min(TURN_LEAD_S, self.period_s / 4)
+        contended = False
         while not self._stop.is_set():
-            delay = next_t - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # clock_nanosleep: far finer than Event.wait
+            early = contended
+            if early:
+                # A handler held the turn last time: queue for it ahead of the sample instant, so
+                # waiting out a handler's burst delays the wait, not the read.
+                _sleep_until(next_t - lead_s)
+                turn, contended = self._take_turn()
+            _sleep_until(next_t)
+            if not early:
+                turn, contended = self._take_turn()
             woke = time.monotonic()
             self._read_started = woke
             try:
                 reading = self.source.read()
             except Exception as exc:  # a sensor fault of any kind must not kill the thread
+                if turn:
+                    self.turn.release()
                 self._read_started = None
                 failures += 1
                 self._record_failure(exc, first=failures == 1)
@@ -176,6 +194,8 @@ class Sampler:
                 failures = 0
             self._jitter.append(abs(woke - next_t))
             self._ingest(reading)
+            if turn:
+                self.turn.release()
             next_t += self.period_s
             now = time.monotonic()
             if next_t < now:  # overran (GIL, slow sensor): resume the grid from now
@@ -186,8 +206,8 @@ class Sampler:
         with self._lock:
             self._errors += 1
             self._up = False
-            self._last_t = None
-            self._last_counter = None
+            if self._integrator is not None:
+                self._integrator.interrupt()
             self._last_error = message
         if first:
             log.warning("sensor read failed (%s); retrying with backoff", message)
@@ -195,49 +215,36 @@ class Sampler:
     def _ingest(self, reading: Reading) -> None:
         t = reading.timestamp
         with self._lock:
-            if self._last_seen_t is not None and t <= self._last_seen_t:
+            integrator, buf = self._integrator, self._buffer
+            if integrator is None or buf is None:
+                buf = self._buffer = RingBuffer(self._capacity, sorted(reading.rails))
+                integrator = self._integrator = EnergyIntegrator(1 + len(buf.rails), self._max_gap_s)
+            rails = reading.rails
+            watts = [reading.total_watts]
+            watts += [rails.get(r, 0.0) for r in buf.rails]
+            step = integrator.add(t, watts, reading.energy_joules)
+            if step is None:
                 return  # the source handed back a reading we already have
-            if self._buffer is None:
-                self._buffer = RingBuffer(self._capacity, sorted(reading.rails))
-                self._energy = [0.0] * (1 + len(self._buffer.rails))
-            rails = self._buffer.rails
-            start = t
-            dt = 0.0 if self._last_t is None else t - self._last_t
-            counter = reading.energy_joules
-            if self._last_t is not None:
-                if counter is not None and self._last_counter is not None and counter >= self._last_counter:
-                    start = self._last_t  # hardware counter: exact across any pause
-                elif dt <= self._max_gap_s and counter is None:
-                    start = self._last_t
-            if start == t and self._last_seen_t is not None:
-                self._gap_s += t - self._last_seen_t
+            start, joules = step
             span = t - start
-            watts = [reading.total_watts] + [reading.rails.get(r, 0.0) for r in rails]
-            joules_now = 0.0
+            buf.append(t, start, watts, integrator.energy, integrator.covered_s)
             if span > 0:
-                joules_now = (counter - self._last_counter) if counter is not None else watts[0] * span
-                self._energy[0] += joules_now
-                for n in range(1, len(watts)):
-                    self._energy[n] += watts[n] * span
-                self._covered += span
-            self._buffer.append(t, start, watts, self._energy, self._covered)
-            if self._last_seen_t is not None and span > 0:
                 self._interval_ema = _ema(self._interval_ema, span)
-            if self._reading is None or reading.total_watts != self._reading.total_watts:
+            previous = self._reading
+            if previous is None or reading.total_watts != previous.total_watts:
                 if self._last_change_t is not None and span > 0:
                     self._sensor_ema = _ema(self._sensor_ema, t - self._last_change_t)
                 self._last_change_t = t
             self._reading = reading
-            self._last_t = t
-            self._last_seen_t = t
-            self._last_counter = counter
             self._samples += 1
             self._up = True
-            self._new_sample.notify_all()
-        self._ready.set()
+            if self._window_waiters:
+                self._new_sample.notify_all()
+        if not self._ready.is_set():
+            self._ready.set()
         if span > 0:
             for listener in self._listeners:
-                listener(start, t, joules_now)
+                listener(start, t, joules)
 
     # -- queries ---------------------------------------------------------
     def _stale(self, now: float) -> bool:
@@ -248,15 +255,21 @@ class Sampler:
         late, starved of CPU by a burst of scrapes, is not a sensor fault: between reads it may fall
         behind by up to the gap limit before the sensor is called down.
         """
-        if self._last_t is None or self.read_running_s() > self.period_s + HANG_SLACK_S:
+        last_t = self._integrator.last_t if self._integrator is not None else None
+        if last_t is None or self.read_running_s() > self.period_s + HANG_SLACK_S:
             return True
-        return now - self._last_t > self._max_gap_s
+        return now - last_t > self._max_gap_s
+
+    def state_key(self) -> Tuple[int, int, bool]:
+        """Changes whenever a scrape would show something new: a sample, an error, the sensor going stale."""
+        with self._lock:
+            return self._samples, self._errors, self._up and not self._stale(time.monotonic())
 
     def snapshot(self) -> SamplerSnapshot:
         with self._lock:
             reading = self._reading
             stale = self._stale(time.monotonic())
-            buf = self._buffer
+            buf, integrator = self._buffer, self._integrator
             rails = buf.rails if buf else ()
             jitter = sorted(self._jitter)
             return SamplerSnapshot(
@@ -264,9 +277,9 @@ class Sampler:
                 up=self._up and not stale,
                 samples_total=self._samples,
                 errors_total=self._errors,
-                energy_joules=self._energy[0] if self._energy else 0.0,
-                rail_energy_joules=dict(zip(rails, self._energy[1:])),
-                gap_seconds=self._gap_s,
+                energy_joules=integrator.energy[0] if integrator else 0.0,
+                rail_energy_joules=dict(zip(rails, integrator.energy[1:])) if integrator else {},
+                gap_seconds=integrator.gap_s if integrator else 0.0,
                 sample_interval_s=self._interval_ema,
                 sensor_interval_s=self._sensor_ema,
                 jitter_p99_s=jitter[int(0.99 * (len(jitter) - 1))] if jitter else None,
@@ -290,7 +303,11 @@ class Sampler:
                         "window end %.3f is after the newest sample (%s); the sensor may be down"
                         % (end, "none yet" if newest is None else "%.3f" % newest)
                     )
-                self._new_sample.wait(remaining)
+                self._window_waiters += 1
+                try:
+                    self._new_sample.wait(remaining)
+                finally:
+                    self._window_waiters -= 1
             buf = self._buffer
             if start < buf.oldest_time():
                 raise WindowError(
@@ -309,13 +326,6 @@ class Sampler:
                 covered_s=c1 - c0,
             )
 
-    def begin_window(self) -> float:
-        """Zeus-style: mark the start of a measurement window."""
-        return time.monotonic()
-
-    def end_window(self, start: float, wait_s: float = 1.0) -> WindowEnergy:
-        return self.energy(start, time.monotonic(), wait_s=wait_s)
-
     def samples(self, since: float, limit: Optional[int] = None) -> List[Sample]:
         """Buffered samples with timestamp > ``since``, oldest first."""
         with self._lock:
@@ -326,6 +336,12 @@ class Sampler:
             if limit is not None:
                 first = max(first, buf.size - limit)
             return [Sample(t, w[0], buf.rail_dict(w)) for t, w in buf.rows(first)]
+
+
+def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)  # clock_nanosleep: far finer than Event.wait
 
 
 def _ema(previous: Optional[float], value: float, alpha: float = 0.05) -> float:

@@ -4,10 +4,19 @@ Reads are open; writes (the profiler's layer events and results) are taken
 from loopback clients, or from remote ones that present the bearer token of
 ``--write-token-file``.  Every client error is a 4xx with a one-line JSON
 reason; a handler never lets an exception escape as a traceback.
+
+The sampler thread shares the GIL with the handlers, and a CPython thread
+that gives up the GIL for a syscall (every sensor file read does) waits for
+it behind every other runnable thread.  So however many clients there are,
+one handler thread runs Python at a time, and never while the sampler reads:
+a handler holds the turn (:class:`_Turn`) while it works and gives it back
+while it waits on its client or on the sampler.  Scrapes share one rendered
+body until something it shows changes.
 """
 
 import hmac
 import html
+import io
 import ipaddress
 import json
 import logging
@@ -16,10 +25,14 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
+from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client.exposition import choose_encoder
 
 from . import validate
 from .collector import PowerCollector
@@ -31,10 +44,102 @@ log = logging.getLogger(__name__)
 SOCKET_TIMEOUT_S = 10.0  # a client that stalls mid-request frees its thread after this
 MAX_CONNECTIONS = 128  # one thread each: beyond this a new connection is closed at once
 MAX_SAMPLES_PER_RESPONSE = 20000
+METRICS_MAX_AGE_S = 1.0  # a cached /metrics body is re-rendered at least this often (stuck-layer expiry)
+DRAIN_MAX_BYTES = 8 * 1024 * 1024  # unread request bytes discarded before a close, so the 4xx is not lost
+DRAIN_S = 5.0  # ...for at most this long
+
+
+class _Turn:
+    """The right to run Python in a handler: one handler at a time, and not while the sampler reads.
+
+    Handlers queue on their own lock, so the sampler, which takes ``Sampler.turn`` around each read,
+    waits for at most the one handler that holds it, never for all the waiting ones.  A read that
+    holds it longer than a sample period has hung: the handler goes ahead rather than wait for it.
+    """
+
+    def __init__(self, sampler: Sampler):
+        self._handlers = threading.Lock()
+        self._sampler_turn = sampler.turn
+        self._patience_s = sampler.period_s
+        self._shared = False  # the holder of _handlers could not get the sampler's turn
+
+    def __enter__(self) -> None:
+        self._handlers.acquire()
+        self._shared = not self._sampler_turn.acquire(timeout=self._patience_s)
+
+    def __exit__(self, *exc) -> None:
+        if not self._shared:
+            self._sampler_turn.release()
+        self._handlers.release()
+
+
+@contextmanager
+def _turn_given_up(turn: _Turn) -> Iterator[None]:
+    """Let the sampler or another handler run while this one waits (client I/O, the sampler)."""
+    turn.__exit__()
+    try:
+        yield
+    finally:
+        turn.__enter__()
+
+
+class _Connection(io.RawIOBase):
+    """The client socket as rfile/wfile, giving up the handler's turn for every wait on the client."""
+
+    def __init__(self, sock: socket.socket, turn: _Turn):
+        super().__init__()
+        self._sock = sock
+        self._turn = turn
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        with _turn_given_up(self._turn):
+            return self._sock.recv_into(buffer)
+
+    def write(self, data) -> int:
+        with _turn_given_up(self._turn):
+            self._sock.sendall(data)
+        return len(data)
+
+
+class _MetricsCache:
+    """One rendered /metrics body per format, shared by every scrape until what it shows changes.
+
+    It changes with a sample, a sensor error, the sensor going stale, a write, or age (an active
+    layer expires with time alone); 20 clients scraping back to back then cost one render per sample.
+    """
+
+    def __init__(self, render, sampler: Sampler):
+        self._render = render
+        self._sampler = sampler
+        self._lock = threading.Lock()
+        self._writes = 0
+        self._bodies: Dict[str, Tuple[Any, float, bytes]] = {}
+
+    def written(self) -> None:
+        with self._lock:
+            self._writes += 1
+
+    def get(self, content_type: str, accept: str) -> bytes:
+        """The body for ``content_type``, rendered from ``accept`` (which negotiated it) when stale."""
+        with self._lock:  # one render at a time; whoever waited for it takes its body
+            key = (self._sampler.state_key(), self._writes)
+            now = time.monotonic()
+            cached = self._bodies.get(content_type)
+            if cached is None or cached[0] != key or now - cached[1] > METRICS_MAX_AGE_S:
+                cached = (key, now, self._render(accept))
+                self._bodies[content_type] = cached
+            return cached[2]
 
 
 class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
     """One thread per connection (what http.server.ThreadingHTTPServer is on 3.7+; spelled out for 3.6)."""
+
     daemon_threads = True
     request_queue_size = 128
     allow_reuse_address = True
@@ -48,9 +153,8 @@ class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
         self.collector = PowerCollector(sampler, layers)
         self.write_token = write_token
         self.tls = tls
-        # One scrape renders at a time: the others wait on a lock (without the GIL), so however many
-        # scrapers there are, the sampler thread competes with one runnable renderer, not with all.
-        self.render_lock = threading.Lock()
+        self.turn = _Turn(sampler)
+        self.metrics_cache = _MetricsCache(self.render_metrics, sampler)
         self._connection_slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def process_request(self, request, client_address):
@@ -81,6 +185,10 @@ class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
     def handle_error(self, request, client_address):
         log.debug("connection from %s ended abnormally", client_address[0], exc_info=True)
 
+    def render_metrics(self, accept: str) -> bytes:
+        """The /metrics body in the format ``accept`` asks for (Prometheus text or OpenMetrics)."""
+        return self.collector.render(accept)[0]
+
 
 def is_loopback(host: str) -> bool:
     try:
@@ -102,6 +210,21 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002 - signature fixed by the base class
         log.debug("%s %s", self.client_address[0], format % args)
+
+    def setup(self):
+        super().setup()
+        self.rfile.close()
+        connection = _Connection(self.connection, self.server.turn)
+        self.rfile = io.BufferedReader(connection)
+        self.wfile = connection
+
+    def handle(self):
+        with self.server.turn:
+            super().handle()
+
+    def finish(self):
+        super().finish()
+        _close_gracefully(self.connection)
 
     # -- plumbing --------------------------------------------------------
     def _send(self, status: int, body: bytes, content_type: str, headers: Optional[Dict[str, str]] = None):
@@ -187,9 +310,9 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- reads -----------------------------------------------------------
     def metrics(self):
-        with self.server.render_lock:
-            body, content_type = self.server.collector.render(self.headers.get("Accept"))
-        self._send(200, body, content_type)
+        accept = self.headers.get("Accept") or ""
+        _, content_type = choose_encoder(accept)
+        self._send(200, self.server.metrics_cache.get(content_type, accept), content_type)
 
     def healthz(self):
         snap = self.server.sampler.snapshot()
@@ -238,7 +361,8 @@ class Handler(BaseHTTPRequestHandler):
     def api_energy(self):
         start, end = self._query_float("start"), self._query_float("end")
         try:
-            window = self.server.sampler.energy(start, end, wait_s=2 * self.server.sampler.period_s + 0.5)
+            with _turn_given_up(self.server.turn):
+                window = self.server.sampler.energy(start, end, wait_s=2 * self.server.sampler.period_s + 0.5)
         except WindowError as exc:
             raise validate.BadRequest(str(exc), 422) from None
         self._json(200, {
@@ -299,7 +423,15 @@ class Handler(BaseHTTPRequestHandler):
         if size > validate.MAX_BODY_BYTES:
             self.close_connection = True
             raise validate.BadRequest("body is %d bytes; the limit is %d" % (size, validate.MAX_BODY_BYTES), 413)
-        return validate.parse_json(self.rfile.read(size))
+        try:
+            body = self.rfile.read(size)
+        except socket.timeout:
+            self.close_connection = True
+            raise validate.BadRequest("the body did not arrive within %.0f s" % SOCKET_TIMEOUT_S, 408) from None
+        if len(body) < size:
+            self.close_connection = True
+            raise validate.BadRequest("the body ended after %d of %d bytes" % (len(body), size))
+        return validate.parse_json(body)
 
     def api_layer(self):
         event = validate.layer_event(self._authorized_body())
@@ -307,6 +439,7 @@ class Handler(BaseHTTPRequestHandler):
             self.server.layers.layer_event(**event)
         except LayerLimitError as exc:
             raise validate.BadRequest(str(exc), 422) from None
+        self.server.metrics_cache.written()
         self._json(200, {"ok": True})
 
     def api_results(self):
@@ -315,4 +448,25 @@ class Handler(BaseHTTPRequestHandler):
             self.server.layers.set_results(data["model"], data["layers"], replace=data["replace"])
         except LayerLimitError as exc:
             raise validate.BadRequest(str(exc), 422) from None
+        self.server.metrics_cache.written()
         self._json(200, {"ok": True, "layers": len(data["layers"])})
+
+
+def _close_gracefully(sock: socket.socket) -> None:
+    """Half-close, then discard what the client still sends, so its unread request cannot make the
+    kernel answer with a reset that destroys the response (a 413 for a body never read) in flight."""
+    deadline = time.monotonic() + DRAIN_S
+    drained = 0
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while drained < DRAIN_MAX_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except OSError:
+        pass  # the client went first: nothing left to protect

@@ -91,13 +91,18 @@ def test_energy_counter_and_window_api_match_a_replayed_trace(tmp_path):
 def test_write_api_validates_and_integrates_layer_energy():
     with Daemon("--source", "sim") as daemon:
         ok = {"model": "resnet18", "index": 7, "layer": "ReLU_7", "op": "ReLU", "state": "begin"}
+        sent = time.monotonic()
         assert daemon.post("/api/v1/layer", ok)[0] == 200
+        begun = time.monotonic()
         time.sleep(0.5)
+        ending = time.monotonic()
         assert daemon.post("/api/v1/layer", dict(ok, state="end"))[0] == 200
+        ended = time.monotonic()
         time.sleep(0.1)
         joules = daemon.value("jetson_layer_energy_joules_total", model="resnet18", layer="ReLU_7")
         seconds = daemon.value("jetson_layer_active_seconds_total", model="resnet18", layer="ReLU_7")
-        assert seconds == pytest.approx(0.5, abs=0.08)
+        # the daemon stamps each event while its request is in flight
+        assert ending - begun <= seconds <= ended - sent
         assert 1.0 * seconds < joules < 8.0 * seconds  # the simulated Nano draws 1.3-7 W
         assert daemon.values("jetson_profiler_active_layer") == []
 

@@ -177,6 +177,41 @@ def test_live_value_changes_are_picked_up(tmp_path, key, rail):
         assert source.read().volts[rail] == pytest.approx(tree.volts[rail])
 
 
+def _held(paths):
+    """The paths among this process's open descriptors."""
+    fd_dir = "/proc/self/fd"
+    targets = set()
+    for fd in os.listdir(fd_dir):
+        try:
+            targets.add(os.readlink(os.path.join(fd_dir, fd)))
+        except OSError:
+            pass
+    return [p for p in paths if os.path.realpath(str(p)) in targets]
+
+
+def test_value_files_are_held_open_once_still_and_every_change_is_seen_on_the_next_read(tmp_path):
+    tree = build_board(tmp_path / "sys", "agx_orin")
+    rail = "VDD_GPU_SOC"
+    files = [tree.rail_file(r, kind) for r in tree.rails for kind in ("volts", "amps")]
+    with _open(tree) as source:
+        time.sleep(2 * hwmon._ValueFiles.SETTLED_S)  # the tree was just written
+        source.read()
+        assert _held(files) == files, "a still tree is read through held descriptors, one pread per file"
+        path = tree.rail_file(rail, "amps")
+        path.write_text("%d\n" % 2000)  # rewritten in place, as sysfs values change
+        assert source.read().amperes[rail] == pytest.approx(2.0)
+        watts = tree.set_rail(rail, watts=7.0)  # replaced by rename: the held file is the old one
+        assert source.read().rails[rail] == pytest.approx(watts)
+        assert _held(files) == [], "a changed directory is read by path until it is still again"
+        time.sleep(2 * hwmon._ValueFiles.SETTLED_S)
+        source.read()
+        assert _held(files) == files
+        path.unlink()
+        with pytest.raises(SensorReadError, match=path.name):
+            source.read()
+    assert _held(files) == [], "close() lets go of the files"
+
+
 def test_fed_rail_changes_do_not_move_the_agx_orin_total(tmp_path):
     tree = build_board(tmp_path / "sys", "agx_orin")
     with _open(tree) as source:

@@ -197,6 +197,12 @@ def test_sample_rate_is_capped_at_the_sensor_update_rate():
     assert 8 <= source.reads <= 13
 
 
+def test_default_rate_is_the_sensor_update_rate_up_to_200_hz_else_100_hz():
+    assert Sampler(ScriptedSource(lambda t: 1.0, update_interval_s=0.0066)).period_s == pytest.approx(0.0066)
+    assert Sampler(ScriptedSource(lambda t: 1.0, update_interval_s=0.001)).period_s == pytest.approx(1 / 200.0)
+    assert Sampler(ScriptedSource(lambda t: 1.0)).period_s == pytest.approx(1 / 100.0)
+
+
 def test_listener_gets_every_integrated_interval():
     seen = []
     source = ScriptedSource(lambda t: 2.0)

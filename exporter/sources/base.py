@@ -22,9 +22,9 @@ class TraceEnded(SensorReadError):
     """A replayed recording has no more data: the sensor stays down."""
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: a frozen dataclass's __init__ costs a sampler several microseconds per reading
 class Reading:
-    """One sensor reading in SI units.
+    """One sensor reading in SI units; nothing changes it once made.
 
     ``timestamp`` is ``time.monotonic()`` when the value was read.
     ``rails`` maps rail name to watts; ``volts`` / ``amperes`` hold the same

@@ -25,6 +25,7 @@ the monitors up again and carries on if the same rails are there.
 import errno
 import os
 import re
+import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .base import PowerSource, Reading, SensorReadError, SourceUnavailable, now
@@ -69,6 +70,64 @@ def _read_int(path: str) -> int:
         return int(data)
     except ValueError:
         raise SensorReadError(f"hwmon: {path} holds {data[:32]!r}, not an integer") from None
+
+
+class _ValueFiles:
+    """The value files of every rail, held open and read with one ``pread`` each.
+
+    sysfs fails a read of an attribute that went away (ENODEV), but an ordinary directory tree (a
+    recorded board, a test tree) keeps serving an open descriptor the file that was replaced or
+    removed.  So the files are read through their descriptors only while their directories keep
+    their change time (a file replaced, removed or added, the directory renamed), and by path
+    otherwise; they are opened again once the directories have been still for ``SETTLED_S``, long
+    after the coarse clock that stamps a change has ticked.  Any failure of a held read is read
+    again by path, which says what failed.
+    """
+
+    SETTLED_S = 0.1
+
+    def __init__(self, paths: List[str]) -> None:
+        self.paths = paths
+        self._dirs = sorted(set(os.path.dirname(p) for p in paths))
+        self._fds = []  # type: List[int]
+        self._dir_fds = []  # type: List[int]
+        self._ctimes = []  # type: List[int]
+
+    def read(self) -> List[int]:
+        fds = self._fds
+        if fds:
+            if [os.fstat(fd).st_ctime_ns for fd in self._dir_fds] == self._ctimes:
+                try:
+                    return [int(os.pread(fd, 64, 0)) for fd in fds]
+                except (OSError, ValueError):
+                    pass
+            self.close()
+        values = [_read_int(path) for path in self.paths]
+        self._hold_if_settled()
+        return values
+
+    def _hold_if_settled(self) -> None:
+        opened = []  # type: List[int]
+        try:
+            for directory in self._dirs:
+                opened.append(os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
+            stats = [os.fstat(fd) for fd in opened]
+            if all(time.time() - st.st_ctime >= self.SETTLED_S for st in stats):
+                for path in self.paths:
+                    opened.append(os.open(path, os.O_RDONLY))
+                held = len(self._dirs)
+                self._dir_fds, self._fds = opened[:held], opened[held:]
+                self._ctimes = [st.st_ctime_ns for st in stats]
+                return
+        except OSError:
+            pass
+        for fd in opened:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._dir_fds + self._fds:
+            os.close(fd)
+        self._dir_fds, self._fds, self._ctimes = [], [], []
 
 
 def _read_text(path: str) -> Optional[str]:
@@ -271,6 +330,7 @@ class HwmonSource(PowerSource):
                 seen.add(rail.name)
                 rails.append(rail)
         self._rails = tuple(rails)
+        self._files = _ValueFiles([path for r in rails for path in (r.volts_path, r.amps_path, r.watts_path) if path])
         self._files_gone = False
         self.rail_names = tuple(r.name for r in rails)
         self.input_rail = input_rail(dict.fromkeys(self.rail_names, 0.0))
@@ -297,24 +357,24 @@ class HwmonSource(PowerSource):
         if again is None or names != self.rail_names:
             raise SensorReadError("hwmon: the power monitors under %s changed: rails now %s, were %s"
                                   % (self.root, ", ".join(names) or "none", ", ".join(self.rail_names)))
-        self._monitors, self._rails, self._files_gone = again._monitors, again._rails, False
+        self._files.close()
+        self._monitors, self._rails, self._files, self._files_gone = again._monitors, again._rails, again._files, False
 
     def _read_rails(self) -> Reading:
+        values = iter(self._files.read())
         rails = {}  # type: Dict[str, float]
         volts = {}  # type: Dict[str, float]
         amperes = {}  # type: Dict[str, float]
         for rail in self._rails:
-            v = _read_int(rail.volts_path) * 1e-3
-            a = _read_int(rail.amps_path) * 1e-3
-            if rail.watts_path is None:
-                w = v * a
-            else:
-                w = _read_int(rail.watts_path) * rail.watts_scale
-            rails[rail.name] = w
-            volts[rail.name] = v
-            amperes[rail.name] = a
+            name = rail.name
+            v = volts[name] = next(values) * 1e-3
+            a = amperes[name] = next(values) * 1e-3
+            rails[name] = v * a if rail.watts_path is None else next(values) * rail.watts_scale
         stamp = now()
-        return Reading(stamp, sum(rails[n] for n in self._counted), rails, volts, amperes)
+        return Reading(stamp, sum([rails[n] for n in self._counted]), rails, volts, amperes)
+
+    def close(self) -> None:
+        self._files.close()
 
     def describe(self) -> Dict[str, str]:
         facts = super().describe()
