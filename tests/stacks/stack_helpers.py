@@ -1,7 +1,7 @@
 """What the stack tests share.  Plain Python 3.6 and pytest 7.0 (JetPack 4.6's stack runs these too).
 
 The daemon and the profiler are run as the board user runs them: the console scripts installed beside this
-Python (tests/daemon.py starts ``python -m exporter`` from the source tree, with 3.7+ subprocess arguments).
+Python (tests/support/daemon.py starts ``python -m exporter`` from the source tree, with 3.7+ subprocess arguments).
 """
 
 import importlib.util
@@ -49,7 +49,7 @@ def run(args, cwd, env=None, timeout=300):
 
 def load_tests_module(name):
     """A stdlib-only helper of the main suite, imported by path (the repository itself is not on sys.path)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TESTS, name + ".py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(TESTS, "support", name + ".py"))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)

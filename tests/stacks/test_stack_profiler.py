@@ -95,7 +95,7 @@ def test_torchvision_name_granularity_push_and_board_settings(workdir):
                            "--exporter", daemon.url, "--out", str(out), *FAST,
                            FAKE_NVPMODEL_MODE="5W", FAKE_JETSON_CLOCKS="on")
         assert proc.returncode == 0, proc.stderr
-        pushed = {labels["layer"] for labels, _ in daemon.samples("jetson_layer_energy_joules")
+        pushed = {labels["layer"] for labels, _ in daemon.samples("jetson_layer_call_energy_joules")
                   if labels["model"] == "resnet18"}
     data = summary(out, "resnet18")
     assert [layer["module"] for layer in data["layers"]] == [
