@@ -1,6 +1,6 @@
 """Per-call energy accuracy of the layer-wise profiler against exact ground truth, and of the original method.
 
-The harness (bench/groundtruth.py) is a model of ``Burn`` layers whose extra
+The harness (tests/support/groundtruth.py) is a model of ``Burn`` layers whose extra
 power (0.2-5 W) and duration (0.2-20 ms) are known, on a 3 W idle board, seen
 through a sample-and-hold sensor (mean of each update period, ~1 % + 10 mW
 Gaussian noise, 1 mW steps).  For each sensor update period it runs
@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench.groundtruth import DEFAULT_LAYERS, IDLE_W, GroundTruthSensor, Timeline, build_model  # noqa: E402
+from tests.support.groundtruth import DEFAULT_LAYERS, IDLE_W, GroundTruthSensor, Timeline, build_model  # noqa: E402
 from bench.original_method import profile_original  # noqa: E402
 
 TARGET_DYNAMIC = {0.0066: 0.005, 0.1: 0.01, 1.0: 0.03}  # median relative error, per update period

@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from bench.groundtruth import Burn, GroundTruthSensor, Timeline, build_model
+from tests.support.groundtruth import Burn, GroundTruthSensor, Timeline, build_model
 from bench.original_method import capture, profile_original
 
 

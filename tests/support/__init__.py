@@ -1,0 +1,1 @@
+"""Test support code shared by tests/ and bench/ (the ground-truth harness)."""
