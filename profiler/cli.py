@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimator", choices=("settled", "shifted", "window"), default="settled",
                    help="window energy estimator (default settled; see profiler/estimate.py)")
     p.add_argument("--seed", type=int, default=None, help="seed for the shuffled layer order")
+    p.add_argument("--method", choices=("isolate", "in-situ", "both"), default="isolate",
+                   help="isolate: replay each layer alone; in-situ: run the whole model and solve for each "
+                        "layer; both: in-situ next to isolated (default isolate; see profiler/insitu.py)")
+    p.add_argument("--insitu-s", type=float, default=None,
+                   help="length of the in-situ run in seconds (default from the sensor's update interval)")
     p.add_argument("--out", default="results", help="output directory (default results/)")
     return p
 
@@ -81,6 +86,8 @@ def _run(args) -> int:
         raise ProfilerError("--trials must be at least 1")
     if args.min_window_s is not None and not args.min_window_s > 0:
         raise ProfilerError("--min-window-s must be positive")
+    if args.insitu_s is not None and not args.insitu_s > 0:
+        raise ProfilerError("--insitu-s must be positive")
     from .report import check_writable
 
     check_writable(args.out)
@@ -109,6 +116,7 @@ def _run(args) -> int:
             model, example, source=args.source, exporter_url=args.exporter, min_window_s=args.min_window_s,
             trials=args.trials, granularity=args.granularity, estimator=args.estimator, model_name=name,
             seed=args.seed, progress=bar, warn=_stderr, source_options=options,
+            method=args.method, insitu_s=args.insitu_s,
         )
     except InputRejected as exc:
         raise ProfilerError("%s rejects input shape %s: %s" % (name, ",".join(map(str, shape)),

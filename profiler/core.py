@@ -15,6 +15,7 @@ import torch
 from .capture import LayerCall, as_call, capture, detached, op_name, parse_granularity
 from .errors import ProfilerError
 from .estimate import ESTIMATORS, Estimator
+from .insitu import METHODS, InSitu, build_insitu_result, compare, default_duration_s
 from .measure import Schedule, Unit
 from .meter import open_meter
 from .models import safe_name
@@ -43,7 +44,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
             estimator: str = "settled", model_name: Optional[str] = None, seed: Optional[int] = None,
             progress: Optional[Callable[[int, int, str], None]] = None,
             warn: Callable[[str], None] = _stderr, source_options: Optional[Dict[str, Any]] = None,
-            ) -> ProfileResult:
+            method: str = "isolate", insitu_s: Optional[float] = None) -> ProfileResult:
     """Measure the energy of every layer call of ``model`` on ``example_input``.
 
     ``example_input``: a tensor, a tuple/list of positional inputs or a dict
@@ -54,6 +55,11 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     daemon then measures.  ``min_window_s`` defaults from the sensor's update
     interval and the estimator (see :mod:`profiler.estimate`).
     ``granularity``: ``leaf``, ``children`` or ``depth:N``.
+    ``method``: ``isolate`` (replay each layer alone), ``in-situ`` (run the
+    whole model, solve for each layer; see :mod:`profiler.insitu`) or
+    ``both`` (the in-situ result, with ``comparison`` holding both side by
+    side).  ``insitu_s``: how long the in-situ run lasts (default from the
+    sensor's update interval).
 
     Ctrl-C (KeyboardInterrupt) while measuring does not propagate: the result
     holds what was measured and ``meta["complete"]`` is False.
@@ -65,6 +71,10 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         raise ProfilerError("min_window_s must be positive, got %r" % (min_window_s,))
     if estimator not in ESTIMATORS:
         raise ProfilerError("unknown estimator %r: use %s" % (estimator, ", ".join(ESTIMATORS)))
+    if method not in METHODS:
+        raise ProfilerError("unknown method %r: use %s" % (method, ", ".join(METHODS)))
+    if insitu_s is not None and not (insitu_s > 0):
+        raise ProfilerError("insitu_s must be positive, got %r" % (insitu_s,))
     parse_granularity(granularity)
     name = safe_name(model_name or getattr(model, "original_name", None) or type(model).__name__)
     started = time.time()
@@ -81,13 +91,29 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         tensor = _first_tensor(example_input)
         device = tensor.device if tensor is not None else torch.device("cpu")
         push = LivePush(exporter_url if daemon else None, name, warn)
-        schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed)
-        with torch.no_grad():
-            schedule.run()
+        schedule = insitu = None
+        if method != "in-situ":
+            schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed)
+            with torch.no_grad():
+                schedule.run()
+        if method != "isolate" and (schedule is None or schedule.complete):
+            duration = insitu_s if insitu_s is not None else default_duration_s(meter.update_interval_s)
+            insitu = InSitu(model, example_input, calls, meter, device, duration, progress, seed)
+            with torch.no_grad():
+                insitu.run()
     finally:
         meter.close()
-    meta = _meta(name, meter, est, window_s, trials, granularity, tensor, schedule, started)
-    result = build_result(name, schedule, est, meta)
+    result = None
+    if schedule is not None:
+        meta = _meta(name, meter, est, window_s, trials, granularity, tensor, schedule, started)
+        meta["method"] = "isolate"
+        result = build_result(name, schedule, est, meta)
+    if insitu is not None:
+        meta = _meta(name, meter, est, window_s, trials, granularity, tensor, insitu, started)
+        isolated, result = result, build_insitu_result(name, insitu, whole.op, meta)
+        if isolated is not None:
+            result.meta["method"] = "both"
+            result.comparison = compare(isolated, result)
     push.results(result.layers)
     return result
 

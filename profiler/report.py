@@ -217,6 +217,10 @@ def console_summary(result: ProfileResult) -> str:
         lines.append("Whole model: Duration=%s ms | Energy=%s mJ | Dynamic Energy=%s mJ | layers cover %s %%"
                      % (_fmt(whole["duration_s"], 1e3), _fmt(whole["energy_j"], 1e3),
                         _fmt(whole["dynamic_energy_j"], 1e3), _fmt(coverage, 100, 1)))
+    if result.comparison:
+        from .insitu import compare_lines
+
+        lines.extend(compare_lines(result.comparison))
     if result.meta.get("simulated"):
         lines.append("SIMULATED: source %s (%s) is simulated or replayed; these are not hardware measurements"
                      % (result.meta.get("source"), result.meta.get("board")))

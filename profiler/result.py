@@ -61,6 +61,7 @@ class ProfileResult:
     meta: Dict[str, Any]
     samples: List[RawSample]
     windows: List[Window]
+    comparison: Optional[List[Dict[str, Any]]] = None  # in-situ next to isolated (method "both")
 
     @property
     def complete(self) -> bool:
@@ -74,6 +75,7 @@ class ProfileResult:
             "whole_model": self.whole_model,
             "idle_power_w": self.idle_power_w,
             "idle": self.idle,
+            **({"comparison": self.comparison} if self.comparison is not None else {}),
         }
 
     # Writers (atomic: a reader never sees a half-written file).
@@ -100,12 +102,17 @@ class ProfileResult:
     def write_all(self, out_dir: str) -> Dict[str, str]:
         """The four files under ``out_dir``, named ``<model>_layerwise_*``; returns kind -> path."""
         base = os.path.join(out_dir, self.model + "_layerwise_")
-        return {
+        paths = {
             "full_csv": self.write_full_csv(base + "energy_full.csv"),
             "summary_csv": self.write_summary_csv(base + "summary.csv"),
             "json": self.write_json(base + "summary.json"),
             "plot": self.write_plot(base + "energy_plot.png"),
         }
+        if self.comparison is not None:
+            from .insitu import write_compare_csv
+
+            paths["compare_csv"] = write_compare_csv(self.comparison, base + "compare.csv")
+        return paths
 
     def console_summary(self) -> str:
         from . import report

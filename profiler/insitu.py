@@ -1,0 +1,558 @@
+"""In-situ attribution: the whole model runs as in production, and each layer's energy is solved for.
+
+Isolation replays one layer at a time, away from the caches, clocks and
+queue that surround it inside the model.  Here the model runs whole, again
+and again, with nothing replayed:
+
+* Forward hooks timestamp every layer call (on a CPU with ``time.monotonic``,
+  the clock readings are stamped with; on CUDA with CUDA events, mapped to
+  host time by one synchronisation per inference, none per layer).  Time
+  inside an inference outside every layer call is *framework* time (Python,
+  dispatch, launches) and gets a row of its own.
+* Inferences are separated by random idle gaps, so their phase against the
+  sensor's update grid is random (equivalent-time sampling): over many
+  inferences every part of the model lands at every position of an update.
+* A sensor update publishes the mean power over a known interval (the update
+  grid is fitted to when the sampler saw values change).  So each update
+  value is a linear equation in the unknowns -- the extra power of every
+  layer call while it runs, of the framework, and the idle power (a
+  piecewise-linear function of time, so slow drift does not leak into the
+  layers) -- with the known overlaps as coefficients.
+* A robust least-squares fit (Huber, then Tukey's biweight: updates hit by
+  background bursts that belong to no layer lose their weight) gives each
+  layer's energy; its 95 % CI comes from a heteroscedasticity-consistent
+  covariance, widened for the residuals' serial correlation.
+
+Per call, energy = (idle around the call + the layer's extra power) x its
+duration.  The layer rows and the framework row add up to the energy of an
+inference, so coverage is 100 % by construction.
+"""
+
+import math
+import random
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .capture import LayerCall, call_model
+from .errors import ProfilerError
+from .estimate import t_quantile_975
+from .measure import Window
+from .meter import MeterError, RawSample
+from .result import LayerResult, ProfileResult
+
+DEFAULT_MIN_S = 10.0
+DEFAULT_UPDATES = 600  # sensor updates a default run lasts...
+DEFAULT_MAX_S = 120.0  # ...within these bounds
+WARMUP_S = 0.3
+KNOT_UPDATES = 20  # the idle curve bends at most every this many updates...
+KNOT_MIN_S = 2.0  # ...and at most every this many seconds
+HUBER_K = 1.345
+TUKEY_C = 4.685
+FIT_ROUNDS = 20
+GRID_MAX_RMS = 0.25  # grid fit rejected when change instants stray this far (in periods) from it
+FRAMEWORK = "framework"
+METHODS = ("isolate", "in-situ", "both")
+
+
+class Timestamps:
+    """Forward hooks on the layer modules that stamp every call of one inference.
+
+    CPU: host clock at each pre/post hook.  CUDA: an event recorded at each
+    hook, read back after the inference's single synchronisation.
+    """
+
+    def __init__(self, calls: List[LayerCall], device: torch.device, clock: Callable[[], float]):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.clock = clock
+        self.expected = [id(c.module) for c in calls]
+        self.order: List[int] = []
+        self.marks: List[Any] = []
+        self.handles = []
+        if self.cuda:
+            self.pool = [torch.cuda.Event(enable_timing=True) for _ in range(2 * len(calls) + 2)]
+        modules = {id(c.module): c.module for c in calls}
+        for module in modules.values():
+            self.handles.append(module.register_forward_pre_hook(self._pre))
+            self.handles.append(module.register_forward_hook(self._post))
+
+    def _mark(self) -> None:
+        if self.cuda:
+            n = len(self.marks) + 1
+            if n < len(self.pool):
+                event = self.pool[n]
+                event.record()
+                self.marks.append(event)
+            else:
+                self.marks.append(None)  # more calls than captured: the inference is discarded anyway
+        else:
+            self.marks.append(self.clock())
+
+    def _pre(self, module, inputs):
+        self.order.append(id(module))
+        self._mark()
+
+    def _post(self, module, inputs, output):
+        self._mark()
+
+    def run(self, model: Any, example_input: Any) -> Optional[Tuple[float, float, List[float]]]:
+        """One inference: (start, end, [start0, end0, start1, ...]) in host time; None if the calls differ."""
+        self.order, self.marks = [], []
+        if self.cuda:
+            anchor = self.pool[0]
+            t0 = self.clock()
+            anchor.record()
+            call_model(model, example_input)
+            self.pool[-1].record()
+            torch.cuda.synchronize(self.device)
+            if self.order != self.expected:
+                return None
+            marks = [t0 + anchor.elapsed_time(e) / 1e3 for e in self.marks]
+            return t0, t0 + anchor.elapsed_time(self.pool[-1]) / 1e3, marks
+        t0 = self.clock()
+        call_model(model, example_input)
+        t1 = self.clock()
+        if self.order != self.expected:
+            return None
+        return t0, t1, list(self.marks)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class InSitu:
+    """Runs the model whole, repeatedly, with random gaps; ``run()`` never raises KeyboardInterrupt or MeterError.
+
+    After ``run()``: ``starts``/``ends`` (inferences x calls), ``spans``
+    (inferences x 2), ``samples``, ``windows`` (one per inference),
+    ``complete`` and ``stopped_by`` -- the attributes core's metadata reads.
+    """
+
+    def __init__(self, model: Any, example_input: Any, calls: List[LayerCall], meter: Any,
+                 device: torch.device, duration_s: float, progress: Optional[Callable[[int, int, str], None]],
+                 seed: Optional[int] = None, clock: Callable[[], float] = time.monotonic):
+        self.model = model
+        self.example_input = example_input
+        self.calls = calls
+        self.meter = meter
+        self.device = device
+        self.duration_s = duration_s
+        self.progress = progress
+        self.rng = random.Random(seed)
+        self.clock = clock
+        self.period_s = float(meter.update_interval_s)
+        self.records: List[Tuple[float, float, List[float]]] = []
+        self.discarded: List[Tuple[float, float]] = []
+        self.samples: List[RawSample] = []
+        self.windows: List[Window] = []
+        self.complete = False
+        self.stopped_by = ""
+        self.loop_start = self.loop_end = float("nan")
+
+    def run(self) -> None:
+        stamps = Timestamps(self.calls, self.device, self.clock)
+        since = self.clock()
+        try:
+            inference_s = self._warm_up(stamps)
+            gap_scale = 2 * max(self.period_s, inference_s)
+            time.sleep(2 * self.period_s + self.meter.sample_period_s)
+            self.loop_start = self.clock()
+            deadline = self.loop_start + self.duration_s
+            shown = -1
+            while True:
+                record = stamps.run(self.model, self.example_input)
+                if record is None:
+                    self.discarded.append((self.loop_start if not self.records else self.records[-1][1],
+                                           self.clock()))
+                else:
+                    self.records.append(record)
+                now = self.clock()
+                if now >= deadline:
+                    break
+                done = int(100 * (now - self.loop_start) / self.duration_s)
+                if done != shown and self.progress is not None:
+                    shown = done
+                    self.progress(done, 100, "in-situ: %d inferences" % len(self.records))
+                time.sleep(self.rng.uniform(0.0, gap_scale))
+            self.loop_end = self.clock()
+            if self.progress is not None:
+                self.progress(100, 100, "in-situ: %d inferences" % len(self.records))
+            self.complete = True
+        except KeyboardInterrupt:
+            self.stopped_by = "interrupted"
+            self.loop_end = self.clock()
+        finally:
+            stamps.remove()
+        try:
+            # the last updates that cover the loop appear up to a period later; let the sampler read them
+            time.sleep(2 * self.period_s + 2 * self.meter.sample_period_s)
+            self.samples = self.meter.samples(since)
+        except MeterError as exc:
+            self.complete = False
+            self.stopped_by = self.stopped_by or str(exc)
+        except KeyboardInterrupt:
+            self.complete = False
+            self.stopped_by = "interrupted"
+        self.windows = [Window("whole", None, n, r[0], r[1], "inference", 1, resolved=True)
+                        for n, r in enumerate(self.records)]
+
+    def _warm_up(self, stamps: Timestamps) -> float:
+        """A few whole inferences (caches, allocator, clocks); returns the typical inference time."""
+        times = []
+        start = self.clock()
+        while len(times) < 3 or self.clock() - start < WARMUP_S:
+            record = stamps.run(self.model, self.example_input)
+            if record is None:
+                raise ProfilerError("the model calls its layers in a different order on every inference; "
+                                    "in-situ attribution needs a fixed order (use --method isolate)")
+            times.append(record[1] - record[0])
+        return sorted(times)[len(times) // 2]
+
+
+# -- the sensor's update grid -------------------------------------------------------------------
+def fit_grid(times: np.ndarray, values: np.ndarray, nominal_s: float) -> Optional[Tuple[float, float]]:
+    """(origin, period) of the sensor's update instants, from the reads where the value changed.
+
+    An update happened between the read before a change and the read that
+    shows it; the midpoints of those brackets, indexed by whole periods,
+    fall on a line whose slope is the true period (a sensor's clock is not the
+    host's).  None when the changes do not follow a regular grid.
+    """
+    changed = np.nonzero(values[1:] != values[:-1])[0] + 1
+    if len(changed) < 10:
+        return None
+    lo, hi = times[changed - 1], times[changed]
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    tight = half <= np.median(half) * 2
+    mid, half = mid[tight], half[tight]
+    steps = np.diff(mid)
+    near = steps[(steps > 0.5 * nominal_s) & (steps < 1.5 * nominal_s)]
+    if len(near) < 5:
+        return None
+    period = float(np.median(near))
+    origin = float(mid[0])
+    for _ in range(3):
+        k = np.round((mid - origin) / period)
+        slope, intercept = np.polyfit(k, mid, 1)
+        period, origin = float(slope), float(intercept)
+    rms = float(np.sqrt(np.mean((mid - origin - period * k) ** 2)))
+    if not period > 0 or rms > GRID_MAX_RMS * period:
+        return None
+    # the midpoints sit half a bracket after the true instants on average; the brackets' lower ends
+    # bound the instants from below, and the tightest bound is the best one
+    k = np.round((mid - origin) / period)
+    origin = float(np.max(mid - half - period * k)) if len(k) else origin
+    return origin, period
+
+
+def sensor_updates(samples: List[RawSample], nominal_s: Optional[float]) -> Tuple[np.ndarray, np.ndarray,
+                                                                                    np.ndarray, str]:
+    """(interval start, interval end, mean power) of every distinct update, and how intervals were found.
+
+    With a fitted grid, update k holds the mean over (u_k - period, u_k].
+    Without one (no declared period, or irregular changes) each read is
+    taken to describe the time since the previous read, as the sampler does.
+    """
+    times = np.array([s.t for s in samples], dtype=float)
+    values = np.array([s.total_w for s in samples], dtype=float)
+    if len(times) < 2:
+        return times[:0], times[:0], values[:0], "none"
+    grid = fit_grid(times, values, nominal_s) if nominal_s else None
+    if grid is None:
+        return times[:-1], times[1:], values[1:], "reads"
+    origin, period = grid
+    k = np.floor((times - origin) / period + 1e-9).astype(np.int64)
+    first = np.concatenate([[True], k[1:] != k[:-1]])
+    keys, vals = k[first], values[first]
+    # a held value that differs between two reads of one update means the grid is off there: drop it
+    consistent = np.ones(len(keys), dtype=bool)
+    group = np.cumsum(first) - 1
+    mismatch = values != vals[group]
+    consistent[np.unique(group[mismatch])] = False
+    keys, vals = keys[consistent], vals[consistent]
+    ends = origin + period * keys
+    return ends - period, ends, vals, "grid %.6f s" % period
+
+
+# -- the fit ----------------------------------------------------------------------------------
+def _cumulative(starts: np.ndarray, ends: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Time spent inside the sorted, disjoint segments [starts, ends) before each instant of ``t``."""
+    lengths = np.maximum(ends - starts, 0.0)
+    cum = np.concatenate([[0.0], np.cumsum(lengths)])
+    j = np.searchsorted(starts, t, side="right")
+    before = cum[np.maximum(j - 1, 0)]
+    partial = np.where(j > 0, np.clip(t - starts[np.maximum(j - 1, 0)], 0.0, lengths[np.maximum(j - 1, 0)]), 0.0)
+    return before + partial
+
+
+def _hats(knots: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Piecewise-linear basis (one tent per knot) evaluated at ``t``: rows sum to 1."""
+    out = np.zeros((len(t), len(knots)))
+    if len(knots) == 1:
+        out[:, 0] = 1.0
+        return out
+    pos = np.clip(np.interp(t, knots, np.arange(len(knots))), 0, len(knots) - 1)
+    low = np.minimum(np.floor(pos).astype(int), len(knots) - 2)
+    frac = pos - low
+    rows = np.arange(len(t))
+    out[rows, low] = 1.0 - frac
+    out[rows, low + 1] = frac
+    return out
+
+
+class Fit:
+    """Robust weighted least squares of update values on overlaps, with a sandwich covariance."""
+
+    def __init__(self, design: np.ndarray, y: np.ndarray):
+        self.X, self.y = design, y
+        n, p = design.shape
+        if n <= p + 2:
+            raise ProfilerError("in-situ: %d sensor updates for %d unknowns; run longer (--insitu-s)" % (n, p))
+        w = np.ones(n)
+        beta = self._solve(w)
+        for round_ in range(FIT_ROUNDS):
+            r = y - design @ beta
+            scale = 1.4826 * float(np.median(np.abs(r - np.median(r)))) or float(np.std(r)) or 1e-12
+            if round_ < FIT_ROUNDS // 2:
+                u = np.abs(r) / (HUBER_K * scale)
+                w_new = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-300))
+            else:
+                u = r / (TUKEY_C * scale)
+                w_new = np.where(np.abs(u) < 1, (1 - u ** 2) ** 2, 0.0)
+            done = float(np.max(np.abs(w_new - w))) < 1e-4
+            w = w_new
+            beta = self._solve(w)
+            if done and round_ >= FIT_ROUNDS // 2:
+                break
+        self.beta, self.weights = beta, w
+        r = y - design @ beta
+        used = w > 0
+        bread = np.linalg.pinv((design * w[:, None]).T @ design)
+        meat_rows = design * (w * r)[:, None]
+        dof = max(int(used.sum()) - p, 1)
+        meat = meat_rows.T @ meat_rows * (used.sum() / dof)
+        cov = bread @ meat @ bread
+        # neighbouring updates share drift and bursts: widen by the lag-1 autocorrelation's variance factor
+        wr = (w * r)[used]
+        rho = 0.0
+        if len(wr) > 3 and float(np.dot(wr, wr)) > 0:
+            rho = float(np.dot(wr[1:], wr[:-1]) / np.dot(wr, wr))
+        rho = min(max(rho, 0.0), 0.9)
+        self.inflation = (1 + rho) / (1 - rho)
+        self.cov = cov * self.inflation
+        self.dof = dof
+        self.used = int(used.sum())
+
+    def _solve(self, w: np.ndarray) -> np.ndarray:
+        sw = np.sqrt(w)
+        beta, *_ = np.linalg.lstsq(self.X * sw[:, None], self.y * sw, rcond=None)
+        return beta
+
+    def combo(self, g: np.ndarray) -> Tuple[float, float]:
+        """Estimate and 95 % CI half-width of the linear combination g . beta."""
+        value = float(g @ self.beta)
+        var = float(g @ self.cov @ g)
+        return value, t_quantile_975(self.dof) * math.sqrt(max(var, 0.0))
+
+
+def attribute(insitu: InSitu) -> Dict[str, Any]:
+    """Solve for every layer's energy: see the module docstring.  Returns rows, whole model and idle."""
+    if not insitu.records:
+        raise ProfilerError("in-situ: no inference was recorded")
+    n_calls = len(insitu.calls)
+    spans = np.array([(r[0], r[1]) for r in insitu.records])
+    marks = np.array([r[2] for r in insitu.records]).reshape(len(insitu.records), n_calls, 2)
+    starts, ends = marks[:, :, 0], np.maximum(marks[:, :, 1], marks[:, :, 0])
+    fw_starts = np.column_stack([spans[:, 0], ends]).ravel()
+    fw_ends = np.maximum(np.column_stack([starts, spans[:, 1]]).ravel(), fw_starts)
+
+    lo, hi, values, how = sensor_updates(insitu.samples, insitu.period_s)
+    keep = (lo >= insitu.loop_start) & (hi <= insitu.loop_end)
+    for a, b in insitu.discarded:  # an inference whose calls were not the captured ones: unknown activity
+        keep &= (hi <= a) | (lo >= b)
+    lo, hi, values = lo[keep], hi[keep], values[keep]
+    length = hi - lo
+    columns = []
+    for i in range(n_calls):
+        columns.append((_cumulative(starts[:, i], ends[:, i], hi) - _cumulative(starts[:, i], ends[:, i], lo))
+                       / length)
+    columns.append((_cumulative(fw_starts, fw_ends, hi) - _cumulative(fw_starts, fw_ends, lo)) / length)
+    t_lo, t_hi = insitu.loop_start, insitu.loop_end
+    knot_s = max(KNOT_MIN_S, KNOT_UPDATES * insitu.period_s)
+    knots = np.linspace(t_lo, t_hi, max(2, int(math.ceil((t_hi - t_lo) / knot_s)) + 1))
+    idle_basis = _hats(knots, (lo + hi) / 2)
+    design = np.column_stack(columns + [idle_basis])
+    fit = Fit(design, values)
+    p = design.shape[1]
+    k0 = n_calls + 1  # first idle coefficient
+
+    def idle_at(t: np.ndarray) -> np.ndarray:
+        """Mean idle-curve coefficients over instants ``t`` (a row of weights on the knots)."""
+        return _hats(knots, t).mean(axis=0)
+
+    rows = []
+    whole_g = np.zeros(p)
+    whole_dyn_g = np.zeros(p)
+    for i in range(n_calls + 1):
+        if i < n_calls:
+            seg_s, seg_e = starts[:, i], ends[:, i]
+            mids, dur = (seg_s + seg_e) / 2, float(np.mean(seg_e - seg_s))
+        else:
+            per = (fw_ends - fw_starts).reshape(len(spans), n_calls + 1)
+            mids, dur = (spans[:, 0] + spans[:, 1]) / 2, float(np.mean(per.sum(axis=1)))
+        g_dyn = np.zeros(p)
+        g_dyn[i] = dur
+        g_tot = g_dyn.copy()
+        g_tot[k0:] = dur * idle_at(mids)
+        whole_g += g_tot
+        whole_dyn_g += g_dyn
+        rows.append((i, dur, fit.combo(g_tot), fit.combo(g_dyn)))
+    idle_g = np.zeros(p)
+    idle_g[k0:] = idle_at(np.linspace(t_lo, t_hi, 200))
+    first_g, last_g = np.zeros(p), np.zeros(p)
+    first_g[k0], last_g[-1] = 1.0, 1.0
+    return {
+        "rows": rows, "whole": (fit.combo(whole_g), fit.combo(whole_dyn_g),
+                                float(np.mean(spans[:, 1] - spans[:, 0]))),
+        "idle": fit.combo(idle_g), "before": fit.combo(first_g), "after": fit.combo(last_g),
+        "drift": fit.combo(last_g - first_g), "updates": fit.used, "updates_total": len(values),
+        "intervals": how, "inflation": fit.inflation, "knots": len(knots),
+    }
+
+
+def default_duration_s(update_interval_s: float) -> float:
+    """Long enough for ``DEFAULT_UPDATES`` sensor updates, within [DEFAULT_MIN_S, DEFAULT_MAX_S]."""
+    return min(max(DEFAULT_MIN_S, DEFAULT_UPDATES * update_interval_s), DEFAULT_MAX_S)
+
+
+def _row(index: int, label: str, module: str, op: str, inferences: int, duration: float,
+         energy: Tuple[float, float], dynamic: Tuple[float, float], updates: int) -> LayerResult:
+    (e, e_ci), (d, d_ci) = energy, dynamic
+    return LayerResult(
+        index=index, label=label, module=module, op=op, calls_per_window=1, trials=inferences,
+        duration_s=duration, energy_j=e, energy_ci95_j=e_ci, dynamic_energy_j=d, dynamic_energy_ci95_j=d_ci,
+        power_w=e / duration if duration > 0 else float("nan"),
+        dynamic_power_w=d / duration if duration > 0 else float("nan"), samples=updates,
+    )
+
+
+def build_insitu_result(name: str, insitu: InSitu, model_op: str, meta: Dict[str, Any]) -> ProfileResult:
+    """The in-situ ProfileResult: one row per layer call, a ``framework`` row, and the whole inference."""
+    solved = attribute(insitu)
+    calls, n = insitu.calls, len(insitu.records)
+    layers = []
+    for i, duration, energy, dynamic in solved["rows"]:
+        if i < len(calls):
+            c = calls[i]
+            layers.append(_row(c.index, c.label, c.module_path, c.op, n, duration, energy, dynamic,
+                               solved["updates"]))
+        else:
+            layers.append(_row(len(calls), FRAMEWORK, "", FRAMEWORK, n, duration, energy, dynamic,
+                               solved["updates"]))
+    (whole_e, whole_d, whole_t) = solved["whole"]
+    whole = _row(len(calls) + 1, "whole_model", "", model_op, n, whole_t, whole_e, whole_d,
+                 solved["updates"]).to_dict()
+    sum_e = math.fsum(layer.energy_j for layer in layers)
+    sum_d = math.fsum(layer.dynamic_energy_j for layer in layers)
+    whole.update({
+        "layers_energy_j": sum_e, "layers_dynamic_energy_j": sum_d,
+        "coverage": sum_e / whole["energy_j"] if whole["energy_j"] else None,
+        "dynamic_coverage": sum_d / whole["dynamic_energy_j"] if whole["dynamic_energy_j"] else None,
+        "layers_measured": len(layers),
+    })
+    idle_w, idle_ci = solved["idle"]
+    (before, before_ci), (after, after_ci), (drift, drift_ci) = solved["before"], solved["after"], solved["drift"]
+    idle = {
+        "power_w": idle_w, "power_ci95_w": idle_ci, "before_w": before, "after_w": after,
+        "before_ci95_w": before_ci, "after_ci95_w": after_ci, "drift_w": drift,
+        "drift_flagged": abs(drift) > max(0.02 * idle_w, drift_ci), "windows": 0,
+    }
+    meta = dict(meta)
+    meta.update({
+        "method": "in-situ", "inferences": n, "inferences_discarded": len(insitu.discarded),
+        "insitu_s": insitu.duration_s, "sensor_updates_used": solved["updates"],
+        "sensor_updates": solved["updates_total"], "update_intervals": solved["intervals"],
+        "idle_knots": solved["knots"], "ci_serial_inflation": solved["inflation"],
+        "estimator": None, "min_window_s": None, "cooldown_s": None, "trials": n,
+    })
+    return ProfileResult(model=name, layers=layers, whole_model=whole, idle_power_w=idle_w, idle=idle,
+                         meta=meta, samples=list(insitu.samples), windows=list(insitu.windows))
+
+
+# -- in-situ next to isolated ---------------------------------------------------------------------
+COMPARE_COLUMNS = (
+    "index", "label", "module", "insitu_energy_j", "insitu_energy_ci95_j", "isolated_energy_j",
+    "isolated_energy_ci95_j", "insitu_dynamic_energy_j", "insitu_dynamic_energy_ci95_j",
+    "isolated_dynamic_energy_j", "isolated_dynamic_energy_ci95_j", "insitu_duration_s", "isolated_duration_s",
+    "energy_ratio", "disagree",
+)
+
+
+def _apart(a: float, a_ci: Optional[float], b: float, b_ci: Optional[float]) -> bool:
+    """True when the difference exceeds its own 95 % CI (the two CIs in quadrature)."""
+    if a_ci is None or b_ci is None or not all(math.isfinite(v) for v in (a, b, a_ci, b_ci)):
+        return False
+    return abs(a - b) > math.hypot(a_ci, b_ci)
+
+
+def compare(isolated: ProfileResult, insitu: ProfileResult) -> List[Dict[str, Any]]:
+    """One row per layer measured both ways; ``disagree`` where the energies differ beyond their CIs.
+
+    A disagreement is what isolation cannot show: caches warm or cold from the
+    neighbouring layers, clocks, queueing -- the layer's cost in its context.
+    """
+    by_index = {layer.index: layer for layer in isolated.layers if layer.trials}
+    rows = []
+    for layer in insitu.layers:
+        other = by_index.get(layer.index)
+        if layer.op == FRAMEWORK or other is None or other.label != layer.label:
+            continue
+        rows.append({
+            "index": layer.index, "label": layer.label, "module": layer.module,
+            "insitu_energy_j": layer.energy_j, "insitu_energy_ci95_j": layer.energy_ci95_j,
+            "isolated_energy_j": other.energy_j, "isolated_energy_ci95_j": other.energy_ci95_j,
+            "insitu_dynamic_energy_j": layer.dynamic_energy_j,
+            "insitu_dynamic_energy_ci95_j": layer.dynamic_energy_ci95_j,
+            "isolated_dynamic_energy_j": other.dynamic_energy_j,
+            "isolated_dynamic_energy_ci95_j": other.dynamic_energy_ci95_j,
+            "insitu_duration_s": layer.duration_s, "isolated_duration_s": other.duration_s,
+            "energy_ratio": layer.energy_j / other.energy_j if other.energy_j else float("nan"),
+            "disagree": _apart(layer.energy_j, layer.energy_ci95_j, other.energy_j, other.energy_ci95_j),
+        })
+    return rows
+
+
+def write_compare_csv(rows: List[Dict[str, Any]], path: str) -> str:
+    from . import report
+
+    def fill(fh) -> None:
+        import csv
+
+        writer = csv.writer(fh)
+        writer.writerow(COMPARE_COLUMNS)
+        for row in rows:
+            writer.writerow([report._cell(row[name]) for name in COMPARE_COLUMNS])
+
+    return report.atomic_write(path, fill)
+
+
+def compare_lines(rows: List[Dict[str, Any]]) -> List[str]:
+    """Console lines: each layer's in-situ and isolated energy side by side, disagreements marked."""
+    if not rows:
+        return []
+    out = ["In-situ vs isolated (mJ per call, 95 % CI; ! = differ beyond their CIs):"]
+    for row in rows:
+        out.append("  %s%s: in-situ %s +/- %s | isolated %s +/- %s | ratio %s" % (
+            "! " if row["disagree"] else "", row["label"], _mj(row["insitu_energy_j"]),
+            _mj(row["insitu_energy_ci95_j"]), _mj(row["isolated_energy_j"]), _mj(row["isolated_energy_ci95_j"]),
+            "n/a" if not math.isfinite(row["energy_ratio"]) else "%.3f" % row["energy_ratio"]))
+    out.append("  %d of %d layers differ beyond their CIs" % (sum(r["disagree"] for r in rows), len(rows)))
+    return out
+
+
+def _mj(value: Optional[float]) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else "%.4f" % (value * 1e3)
