@@ -47,12 +47,19 @@ DEFAULT_MIN_S = 10.0
 DEFAULT_UPDATES = 600  # sensor updates a default run lasts...
 DEFAULT_MAX_S = 120.0  # ...within these bounds
 WARMUP_S = 0.3
+# Gaps between inferences: uniform in [0, GAP_SCALE x max(sensor period, inference)].  Long enough that
+# some updates see idle only (the idle curve), short enough that most updates cut through an inference
+# (each cut inside a layer is what tells it from its neighbours).
+GAP_SCALE = 1.0
 KNOT_UPDATES = 20  # the idle curve bends at most every this many updates...
 KNOT_MIN_S = 2.0  # ...and at most every this many seconds
 HUBER_K = 1.345
 TUKEY_C = 4.685
 FIT_ROUNDS = 20
-GRID_MAX_RMS = 0.25  # grid fit rejected when change instants stray this far (in periods) from it
+GRID_SEED_STEPS = 16  # consecutive update steps that give the first estimate of the period
+PHASE_STEPS = 9  # sensor phases tried per refinement (see attribute)
+PHASE_ROUNDS = 2  # reweighting rounds while comparing phases
+GRID_MAX_RMS = 0.25  # no grid when the change brackets disagree by more than this many periods
 FRAMEWORK = "framework"
 METHODS = ("isolate", "in-situ", "both")
 
@@ -158,7 +165,7 @@ class InSitu:
         since = self.clock()
         try:
             inference_s = self._warm_up(stamps)
-            gap_scale = 2 * max(self.period_s, inference_s)
+            gap_scale = GAP_SCALE * max(self.period_s, inference_s)
             time.sleep(2 * self.period_s + self.meter.sample_period_s)
             self.loop_start = self.clock()
             deadline = self.loop_start + self.duration_s
@@ -214,68 +221,75 @@ class InSitu:
 
 
 # -- the sensor's update grid -------------------------------------------------------------------
-def fit_grid(times: np.ndarray, values: np.ndarray, nominal_s: float) -> Optional[Tuple[float, float]]:
-    """(origin, period) of the sensor's update instants, from the reads where the value changed.
+def fit_grid(times: np.ndarray, values: np.ndarray, nominal_s: float) -> Optional[Tuple[float, float, float]]:
+    """(period, earliest origin, latest origin) of the sensor's update instants u_k = origin + k x period.
 
-    An update happened between the read before a change and the read that
-    shows it; the midpoints of those brackets, indexed by whole periods,
-    fall on a line whose slope is the true period (a sensor's clock is not the
-    host's).  None when the changes do not follow a regular grid.
+    An update happened after the read before a change and at or before the
+    read that shows it.  Indexed by whole periods, these brackets bound the
+    grid: for a period P the origins that fit every bracket form an interval,
+    widest at the right P (a sensor's clock is not the host's, so P is fitted
+    too).  The reads bound the phase only to within their spacing when they
+    are locked to the sensor's grid; the data narrow it further (see
+    :func:`attribute`).  None when the changes follow no regular grid.
     """
     changed = np.nonzero(values[1:] != values[:-1])[0] + 1
     if len(changed) < 10:
         return None
     lo, hi = times[changed - 1], times[changed]
-    mid, half = (lo + hi) / 2, (hi - lo) / 2
-    tight = half <= np.median(half) * 2
-    mid, half = mid[tight], half[tight]
+    mid = (lo + hi) / 2
     steps = np.diff(mid)
     near = steps[(steps > 0.5 * nominal_s) & (steps < 1.5 * nominal_s)]
     if len(near) < 5:
         return None
-    period = float(np.median(near))
-    origin = float(mid[0])
-    for _ in range(3):
-        k = np.round((mid - origin) / period)
-        slope, intercept = np.polyfit(k, mid, 1)
-        period, origin = float(slope), float(intercept)
-    rms = float(np.sqrt(np.mean((mid - origin - period * k) ** 2)))
-    if not period > 0 or rms > GRID_MAX_RMS * period:
+    # reads locked to the sensor quantise single steps to their spacing, so no one step gives the period;
+    # the mean of a few does well enough to index a short stretch, and each fit one half as long again
+    period, origin = float(np.mean(near[:GRID_SEED_STEPS])), float(mid[0])
+    span = GRID_SEED_STEPS
+    while True:
+        k = np.round((mid[:span] - origin) / period)
+        period, origin = (float(v) for v in np.polyfit(k, mid[:span], 1))
+        if span >= len(mid):
+            break
+        span = span * 3 // 2
+    if not period > 0:
         return None
-    # the midpoints sit half a bracket after the true instants on average; the brackets' lower ends
-    # bound the instants from below, and the tightest bound is the best one
     k = np.round((mid - origin) / period)
-    origin = float(np.max(mid - half - period * k)) if len(k) else origin
-    return origin, period
+
+    def bounds(p: float) -> Tuple[float, float]:
+        return float(np.max(lo - p * k)), float(np.min(hi - p * k))
+
+    # the feasible width min(hi - Pk) - max(lo - Pk) is concave in P: golden-section search for its peak
+    a, b = period * (1 - 1e-3), period * (1 + 1e-3)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(80):
+        c, d = b - ratio * (b - a), a + ratio * (b - a)
+        wc, wd = bounds(c), bounds(d)
+        if wc[1] - wc[0] >= wd[1] - wd[0]:
+            b = d
+        else:
+            a = c
+    period = (a + b) / 2
+    first, last = bounds(period)
+    if last - first < -GRID_MAX_RMS * period:
+        return None
+    if last < first:  # a few brackets disagree (a starved read): the middle of the overlap that remains
+        first = last = (first + last) / 2
+    return period, first, last
 
 
-def sensor_updates(samples: List[RawSample], nominal_s: Optional[float]) -> Tuple[np.ndarray, np.ndarray,
-                                                                                    np.ndarray, str]:
-    """(interval start, interval end, mean power) of every distinct update, and how intervals were found.
+def on_grid(times: np.ndarray, values: np.ndarray, period: float, origin: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(end instant, value) of every distinct update seen; update k covers (u_k - period, u_k].
 
-    With a fitted grid, update k holds the mean over (u_k - period, u_k].
-    Without one (no declared period, or irregular changes) each read is
-    taken to describe the time since the previous read, as the sampler does.
+    A held value that differs between two reads of one update means the grid
+    is off there: that update is left out.
     """
-    times = np.array([s.t for s in samples], dtype=float)
-    values = np.array([s.total_w for s in samples], dtype=float)
-    if len(times) < 2:
-        return times[:0], times[:0], values[:0], "none"
-    grid = fit_grid(times, values, nominal_s) if nominal_s else None
-    if grid is None:
-        return times[:-1], times[1:], values[1:], "reads"
-    origin, period = grid
-    k = np.floor((times - origin) / period + 1e-9).astype(np.int64)
+    k = np.floor((times - origin) / period).astype(np.int64)
     first = np.concatenate([[True], k[1:] != k[:-1]])
     keys, vals = k[first], values[first]
-    # a held value that differs between two reads of one update means the grid is off there: drop it
-    consistent = np.ones(len(keys), dtype=bool)
     group = np.cumsum(first) - 1
-    mismatch = values != vals[group]
-    consistent[np.unique(group[mismatch])] = False
-    keys, vals = keys[consistent], vals[consistent]
-    ends = origin + period * keys
-    return ends - period, ends, vals, "grid %.6f s" % period
+    consistent = np.ones(len(keys), dtype=bool)
+    consistent[np.unique(group[values != vals[group]])] = False
+    return origin + period * keys[consistent], vals[consistent]
 
 
 # -- the fit ----------------------------------------------------------------------------------
@@ -305,37 +319,48 @@ def _hats(knots: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 class Fit:
-    """Robust weighted least squares of update values on overlaps, with a sandwich covariance."""
+    """Robust weighted least squares of update values on overlaps, with a sandwich covariance.
 
-    def __init__(self, design: np.ndarray, y: np.ndarray):
+    ``rounds`` of reweighting: the first half Huber (bounded influence), the
+    rest Tukey's biweight (updates far off the model, such as background
+    bursts that belong to no layer, get no weight at all).
+    """
+
+    def __init__(self, design: np.ndarray, y: np.ndarray, rounds: int = FIT_ROUNDS):
         self.X, self.y = design, y
         n, p = design.shape
         if n <= p + 2:
             raise ProfilerError("in-situ: %d sensor updates for %d unknowns; run longer (--insitu-s)" % (n, p))
         w = np.ones(n)
         beta = self._solve(w)
-        for round_ in range(FIT_ROUNDS):
+        for round_ in range(rounds):
             r = y - design @ beta
-            scale = 1.4826 * float(np.median(np.abs(r - np.median(r)))) or float(np.std(r)) or 1e-12
-            if round_ < FIT_ROUNDS // 2:
-                u = np.abs(r) / (HUBER_K * scale)
+            self.scale = _mad(r)
+            if round_ < max(rounds // 2, 1):
+                u = np.abs(r) / (HUBER_K * self.scale)
                 w_new = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-300))
             else:
-                u = r / (TUKEY_C * scale)
+                u = r / (TUKEY_C * self.scale)
                 w_new = np.where(np.abs(u) < 1, (1 - u ** 2) ** 2, 0.0)
-            done = float(np.max(np.abs(w_new - w))) < 1e-4
+            settled = float(np.max(np.abs(w_new - w))) < 1e-4 and round_ >= rounds // 2
             w = w_new
             beta = self._solve(w)
-            if done and round_ >= FIT_ROUNDS // 2:
+            if settled:
                 break
         self.beta, self.weights = beta, w
         r = y - design @ beta
+        self.residuals = r
+        if rounds == 0:
+            self.scale = _mad(r)
         used = w > 0
+        self.used = int(used.sum())
+        self.dof = max(self.used - p, 1)
+        # HC3 sandwich: the updates that tell layers apart are few and high-leverage, and a plain sandwich
+        # (or s^2 (X'WX)^-1) understates what their noise does to the estimate
         bread = np.linalg.pinv((design * w[:, None]).T @ design)
-        meat_rows = design * (w * r)[:, None]
-        dof = max(int(used.sum()) - p, 1)
-        meat = meat_rows.T @ meat_rows * (used.sum() / dof)
-        cov = bread @ meat @ bread
+        leverage = np.minimum(np.einsum("ij,jk,ik->i", design, bread, design) * w, 0.99)
+        scores = design * (w * r / (1 - leverage))[:, None]
+        cov = bread @ (scores.T @ scores) @ bread
         # neighbouring updates share drift and bursts: widen by the lag-1 autocorrelation's variance factor
         wr = (w * r)[used]
         rho = 0.0
@@ -344,13 +369,15 @@ class Fit:
         rho = min(max(rho, 0.0), 0.9)
         self.inflation = (1 + rho) / (1 - rho)
         self.cov = cov * self.inflation
-        self.dof = dof
-        self.used = int(used.sum())
 
     def _solve(self, w: np.ndarray) -> np.ndarray:
         sw = np.sqrt(w)
-        beta, *_ = np.linalg.lstsq(self.X * sw[:, None], self.y * sw, rcond=None)
-        return beta
+        return np.linalg.lstsq(self.X * sw[:, None], self.y * sw, rcond=None)[0]
+
+    def loss(self, scale: float) -> float:
+        """Mean Huber loss of the residuals at a fixed scale: how well this model explains the updates."""
+        u = np.abs(self.residuals) / (HUBER_K * scale)
+        return float(np.mean(np.where(u <= 1, u ** 2, 2 * u - 1)))
 
     def combo(self, g: np.ndarray) -> Tuple[float, float]:
         """Estimate and 95 % CI half-width of the linear combination g . beta."""
@@ -359,35 +386,81 @@ class Fit:
         return value, t_quantile_975(self.dof) * math.sqrt(max(var, 0.0))
 
 
-def attribute(insitu: InSitu) -> Dict[str, Any]:
-    """Solve for every layer's energy: see the module docstring.  Returns rows, whole model and idle."""
-    if not insitu.records:
-        raise ProfilerError("in-situ: no inference was recorded")
-    n_calls = len(insitu.calls)
-    spans = np.array([(r[0], r[1]) for r in insitu.records])
-    marks = np.array([r[2] for r in insitu.records]).reshape(len(insitu.records), n_calls, 2)
-    starts, ends = marks[:, :, 0], np.maximum(marks[:, :, 1], marks[:, :, 0])
-    fw_starts = np.column_stack([spans[:, 0], ends]).ravel()
-    fw_ends = np.maximum(np.column_stack([starts, spans[:, 1]]).ravel(), fw_starts)
+def _mad(r: np.ndarray) -> float:
+    """Robust scale of residuals (normal-consistent median absolute deviation)."""
+    return 1.4826 * float(np.median(np.abs(r - np.median(r)))) or float(np.std(r)) or 1e-12
 
-    lo, hi, values, how = sensor_updates(insitu.samples, insitu.period_s)
+
+class Activity:
+    """When each layer call and the framework ran, over all inferences: the columns of the design."""
+
+    def __init__(self, insitu: "InSitu"):
+        n_calls = len(insitu.calls)
+        self.spans = np.array([(r[0], r[1]) for r in insitu.records])
+        marks = np.array([r[2] for r in insitu.records]).reshape(len(insitu.records), n_calls, 2)
+        self.starts, self.ends = marks[:, :, 0], np.maximum(marks[:, :, 1], marks[:, :, 0])
+        self.fw_starts = np.column_stack([self.spans[:, 0], self.ends]).ravel()
+        self.fw_ends = np.maximum(np.column_stack([self.starts, self.spans[:, 1]]).ravel(), self.fw_starts)
+        self.n_calls = n_calls
+
+    def overlaps(self, lo: np.ndarray, hi: np.ndarray) -> List[np.ndarray]:
+        """Fraction of each interval (lo, hi] that each layer call, then the framework, was running."""
+        length = hi - lo
+        pairs = [(self.starts[:, i], self.ends[:, i]) for i in range(self.n_calls)]
+        pairs.append((self.fw_starts, self.fw_ends))
+        return [(_cumulative(a, b, hi) - _cumulative(a, b, lo)) / length for a, b in pairs]
+
+    def framework_s(self) -> np.ndarray:
+        return (self.fw_ends - self.fw_starts).reshape(len(self.spans), self.n_calls + 1).sum(axis=1)
+
+
+def _design(insitu: "InSitu", activity: Activity, knots: np.ndarray, lo: np.ndarray,
+            hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The design matrix for update intervals (lo, hi], and which of them may be used."""
     keep = (lo >= insitu.loop_start) & (hi <= insitu.loop_end)
     for a, b in insitu.discarded:  # an inference whose calls were not the captured ones: unknown activity
         keep &= (hi <= a) | (lo >= b)
-    lo, hi, values = lo[keep], hi[keep], values[keep]
-    length = hi - lo
-    columns = []
-    for i in range(n_calls):
-        columns.append((_cumulative(starts[:, i], ends[:, i], hi) - _cumulative(starts[:, i], ends[:, i], lo))
-                       / length)
-    columns.append((_cumulative(fw_starts, fw_ends, hi) - _cumulative(fw_starts, fw_ends, lo)) / length)
+    lo, hi = lo[keep], hi[keep]
+    return np.column_stack(activity.overlaps(lo, hi) + [_hats(knots, (lo + hi) / 2)]), keep
+
+
+def attribute(insitu: "InSitu") -> Dict[str, Any]:
+    """Solve for every layer's energy: see the module docstring.  Returns rows, whole model and idle."""
+    if not insitu.records:
+        raise ProfilerError("in-situ: no inference was recorded")
+    activity = Activity(insitu)
+    n_calls = activity.n_calls
     t_lo, t_hi = insitu.loop_start, insitu.loop_end
     knot_s = max(KNOT_MIN_S, KNOT_UPDATES * insitu.period_s)
     knots = np.linspace(t_lo, t_hi, max(2, int(math.ceil((t_hi - t_lo) / knot_s)) + 1))
-    idle_basis = _hats(knots, (lo + hi) / 2)
-    design = np.column_stack(columns + [idle_basis])
-    fit = Fit(design, values)
-    p = design.shape[1]
+    times = np.array([s.t for s in insitu.samples], dtype=float)
+    values = np.array([s.total_w for s in insitu.samples], dtype=float)
+    grid = fit_grid(times, values, insitu.period_s) if len(times) > 2 and insitu.period_s else None
+    if grid is None:  # each read describes the time since the previous one, as the sampler charges it
+        design, keep = _design(insitu, activity, knots, times[:-1], times[1:])
+        fit, how = Fit(design, values[1:][keep]), "reads"
+    else:
+        period, first, last = grid
+
+        def fit_at(origin: float, rounds: int) -> "Fit":
+            ends, vals = on_grid(times, values, period, origin)
+            design, keep = _design(insitu, activity, knots, ends - period, ends)
+            return Fit(design, vals[keep], rounds)
+
+        # the phase within the reads' bracket that explains the updates best (a profile likelihood)
+        candidates = np.linspace(first, last, PHASE_STEPS) if last > first else np.array([first])
+        scale = fit_at(float(candidates[len(candidates) // 2]), PHASE_ROUNDS).scale
+        for _ in range(2 if len(candidates) > 1 else 0):
+            losses = [fit_at(float(c), PHASE_ROUNDS).loss(scale) for c in candidates]
+            best = int(np.argmin(losses))
+            step = candidates[1] - candidates[0]
+            candidates = np.linspace(candidates[best] - step, candidates[best] + step, PHASE_STEPS)
+            candidates = candidates[(candidates >= first) & (candidates <= last)]
+        origin = float(candidates[int(np.argmin([fit_at(float(c), PHASE_ROUNDS).loss(scale)
+                                                 for c in candidates]))])
+        fit = fit_at(origin, FIT_ROUNDS)
+        how = "grid %.6f s, phase fitted within %.2f ms" % (period, 1e3 * (last - first))
+    p = fit.X.shape[1]
     k0 = n_calls + 1  # first idle coefficient
 
     def idle_at(t: np.ndarray) -> np.ndarray:
@@ -395,15 +468,14 @@ def attribute(insitu: InSitu) -> Dict[str, Any]:
         return _hats(knots, t).mean(axis=0)
 
     rows = []
-    whole_g = np.zeros(p)
-    whole_dyn_g = np.zeros(p)
+    whole_g, whole_dyn_g = np.zeros(p), np.zeros(p)
+    spans = activity.spans
     for i in range(n_calls + 1):
         if i < n_calls:
-            seg_s, seg_e = starts[:, i], ends[:, i]
+            seg_s, seg_e = activity.starts[:, i], activity.ends[:, i]
             mids, dur = (seg_s + seg_e) / 2, float(np.mean(seg_e - seg_s))
         else:
-            per = (fw_ends - fw_starts).reshape(len(spans), n_calls + 1)
-            mids, dur = (spans[:, 0] + spans[:, 1]) / 2, float(np.mean(per.sum(axis=1)))
+            mids, dur = (spans[:, 0] + spans[:, 1]) / 2, float(np.mean(activity.framework_s()))
         g_dyn = np.zeros(p)
         g_dyn[i] = dur
         g_tot = g_dyn.copy()
@@ -411,15 +483,13 @@ def attribute(insitu: InSitu) -> Dict[str, Any]:
         whole_g += g_tot
         whole_dyn_g += g_dyn
         rows.append((i, dur, fit.combo(g_tot), fit.combo(g_dyn)))
-    idle_g = np.zeros(p)
+    idle_g, first_g, last_g = np.zeros(p), np.zeros(p), np.zeros(p)
     idle_g[k0:] = idle_at(np.linspace(t_lo, t_hi, 200))
-    first_g, last_g = np.zeros(p), np.zeros(p)
     first_g[k0], last_g[-1] = 1.0, 1.0
     return {
-        "rows": rows, "whole": (fit.combo(whole_g), fit.combo(whole_dyn_g),
-                                float(np.mean(spans[:, 1] - spans[:, 0]))),
+        "rows": rows, "whole": (fit.combo(whole_g), fit.combo(whole_dyn_g), float(np.mean(spans[:, 1] - spans[:, 0]))),
         "idle": fit.combo(idle_g), "before": fit.combo(first_g), "after": fit.combo(last_g),
-        "drift": fit.combo(last_g - first_g), "updates": fit.used, "updates_total": len(values),
+        "drift": fit.combo(last_g - first_g), "updates": fit.used, "updates_total": len(fit.y),
         "intervals": how, "inflation": fit.inflation, "knots": len(knots),
     }
 
