@@ -59,6 +59,7 @@ FIT_ROUNDS = 20
 GRID_SEED_STEPS = 16  # consecutive update steps that give the first estimate of the period
 PHASE_STEPS = 9  # sensor phases tried per refinement (see attribute)
 PHASE_ROUNDS = 2  # reweighting rounds while comparing phases
+SEARCH_ROUNDS = 2  # grids of PHASE_STEPS per coordinate, each around the previous best
 GRID_MAX_RMS = 0.25  # no grid when the change brackets disagree by more than this many periods
 FRAMEWORK = "framework"
 METHODS = ("isolate", "in-situ", "both")
@@ -89,7 +90,7 @@ class Timestamps:
     def _mark(self) -> None:
         if self.cuda:
             n = len(self.marks) + 1
-            if n < len(self.pool):
+            if n < len(self.pool) - 1:  # the last event marks the end of the inference
                 event = self.pool[n]
                 event.record()
                 self.marks.append(event)
@@ -221,17 +222,53 @@ class InSitu:
 
 
 # -- the sensor's update grid -------------------------------------------------------------------
-def fit_grid(times: np.ndarray, values: np.ndarray, nominal_s: float) -> Optional[Tuple[float, float, float]]:
-    """(period, earliest origin, latest origin) of the sensor's update instants u_k = origin + k x period.
+class Grid:
+    """The sensor's update instants u_k = centre + period x (k - kc), as far as the reads bound them.
 
     An update happened after the read before a change and at or before the
     read that shows it.  Indexed by whole periods, these brackets bound the
-    grid: for a period P the origins that fit every bracket form an interval,
-    widest at the right P (a sensor's clock is not the host's, so P is fitted
-    too).  The reads bound the phase only to within their spacing when they
-    are locked to the sensor's grid; the data narrow it further (see
-    :func:`attribute`).  None when the changes follow no regular grid.
+    grid: the (centre, period) pairs that fit every bracket form a polygon
+    (a sensor's clock is not the host's, so the period is unknown too).
+    Reads locked to the sensor's grid leave it as wide as their spacing; the
+    updates' values narrow it further (see :func:`attribute`).
     """
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, k: np.ndarray, period: float):
+        self.lo, self.hi = lo, hi
+        self.kc = float(np.median(k))
+        self.d = k - self.kc
+        # the feasible width of the centre is concave in the period: golden-section search for its peak
+        a, b = period * (1 - 1e-3), period * (1 + 1e-3)
+        ratio = (math.sqrt(5) - 1) / 2
+        for _ in range(80):
+            c, e = b - ratio * (b - a), a + ratio * (b - a)
+            if self.width(c) >= self.width(e):
+                b = e
+            else:
+                a = c
+        self.period = (a + b) / 2
+
+    def centres(self, period: float) -> Tuple[float, float]:
+        """The range of centres that fit every bracket at this period."""
+        return float(np.max(self.lo - period * self.d)), float(np.min(self.hi - period * self.d))
+
+    def width(self, period: float) -> float:
+        first, last = self.centres(period)
+        return last - first
+
+    def periods(self, centre: float) -> Tuple[float, float]:
+        """The range of periods that fit every bracket with this centre."""
+        up, down = self.d > 0, self.d < 0
+        lows = np.concatenate([(self.lo[up] - centre) / self.d[up], (self.hi[down] - centre) / self.d[down]])
+        highs = np.concatenate([(self.hi[up] - centre) / self.d[up], (self.lo[down] - centre) / self.d[down]])
+        return float(np.max(lows)), float(np.min(highs))
+
+    def origin(self, centre: float, period: float) -> float:
+        return centre - period * self.kc
+
+
+def fit_grid(times: np.ndarray, values: np.ndarray, nominal_s: float) -> Optional[Grid]:
+    """The update grid from the reads where the value changed; None when the changes follow no regular grid."""
     changed = np.nonzero(values[1:] != values[:-1])[0] + 1
     if len(changed) < 10:
         return None
@@ -253,28 +290,23 @@ def fit_grid(times: np.ndarray, values: np.ndarray, nominal_s: float) -> Optiona
         span = span * 3 // 2
     if not period > 0:
         return None
-    k = np.round((mid - origin) / period)
-
-    def bounds(p: float) -> Tuple[float, float]:
-        return float(np.max(lo - p * k)), float(np.min(hi - p * k))
-
-    # the feasible width min(hi - Pk) - max(lo - Pk) is concave in P: golden-section search for its peak
-    a, b = period * (1 - 1e-3), period * (1 + 1e-3)
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(80):
-        c, d = b - ratio * (b - a), a + ratio * (b - a)
-        wc, wd = bounds(c), bounds(d)
-        if wc[1] - wc[0] >= wd[1] - wd[0]:
-            b = d
-        else:
-            a = c
-    period = (a + b) / 2
-    first, last = bounds(period)
-    if last - first < -GRID_MAX_RMS * period:
+    grid = Grid(lo, hi, np.round((mid - origin) / period), period)
+    if grid.width(grid.period) < -GRID_MAX_RMS * period:
         return None
-    if last < first:  # a few brackets disagree (a starved read): the middle of the overlap that remains
-        first = last = (first + last) / 2
-    return period, first, last
+    return grid
+
+
+def _search(loss: Callable[[float], float], first: float, last: float) -> float:
+    """The argument in [first, last] with the lowest loss: a grid of PHASE_STEPS, refined around the best."""
+    if not last > first:
+        return (first + last) / 2
+    candidates = np.linspace(first, last, PHASE_STEPS)
+    for _ in range(SEARCH_ROUNDS):
+        losses = [loss(float(c)) for c in candidates]
+        best = float(candidates[int(np.argmin(losses))])
+        step = candidates[1] - candidates[0]
+        candidates = np.linspace(max(first, best - step), min(last, best + step), PHASE_STEPS)
+    return best
 
 
 def on_grid(times: np.ndarray, values: np.ndarray, period: float, origin: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -326,7 +358,7 @@ class Fit:
     bursts that belong to no layer, get no weight at all).
     """
 
-    def __init__(self, design: np.ndarray, y: np.ndarray, rounds: int = FIT_ROUNDS):
+    def __init__(self, design: np.ndarray, y: np.ndarray, rounds: int = FIT_ROUNDS, covariance: bool = True):
         self.X, self.y = design, y
         n, p = design.shape
         if n <= p + 2:
@@ -355,6 +387,8 @@ class Fit:
         used = w > 0
         self.used = int(used.sum())
         self.dof = max(self.used - p, 1)
+        if not covariance:  # a candidate grid is compared by its loss alone
+            return
         # HC3 sandwich: the updates that tell layers apart are few and high-leverage, and a plain sandwich
         # (or s^2 (X'WX)^-1) understates what their noise does to the estimate
         bread = np.linalg.pinv((design * w[:, None]).T @ design)
@@ -440,26 +474,28 @@ def attribute(insitu: "InSitu") -> Dict[str, Any]:
         design, keep = _design(insitu, activity, knots, times[:-1], times[1:])
         fit, how = Fit(design, values[1:][keep]), "reads"
     else:
-        period, first, last = grid
 
-        def fit_at(origin: float, rounds: int) -> "Fit":
-            ends, vals = on_grid(times, values, period, origin)
+        def fit_at(centre: float, period: float, rounds: int) -> "Fit":
+            ends, vals = on_grid(times, values, period, grid.origin(centre, period))
             design, keep = _design(insitu, activity, knots, ends - period, ends)
-            return Fit(design, vals[keep], rounds)
+            return Fit(design, vals[keep], rounds, covariance=rounds == FIT_ROUNDS)
 
-        # the phase within the reads' bracket that explains the updates best (a profile likelihood)
-        candidates = np.linspace(first, last, PHASE_STEPS) if last > first else np.array([first])
-        scale = fit_at(float(candidates[len(candidates) // 2]), PHASE_ROUNDS).scale
-        for _ in range(2 if len(candidates) > 1 else 0):
-            losses = [fit_at(float(c), PHASE_ROUNDS).loss(scale) for c in candidates]
-            best = int(np.argmin(losses))
-            step = candidates[1] - candidates[0]
-            candidates = np.linspace(candidates[best] - step, candidates[best] + step, PHASE_STEPS)
-            candidates = candidates[(candidates >= first) & (candidates <= last)]
-        origin = float(candidates[int(np.argmin([fit_at(float(c), PHASE_ROUNDS).loss(scale)
-                                                 for c in candidates]))])
-        fit = fit_at(origin, FIT_ROUNDS)
-        how = "grid %.6f s, phase fitted within %.2f ms" % (period, 1e3 * (last - first))
+        # the grid within the reads' bounds that explains the updates best (a profile likelihood), searched
+        # one coordinate at a time: the centre at a fixed period, then the period about that centre
+        period = grid.period
+        first, last = grid.centres(period)
+        centre = (first + last) / 2
+        if last < first:  # a few brackets disagree (a starved read): the middle of what remains
+            first = last = centre
+        scale = fit_at(centre, period, PHASE_ROUNDS).scale
+        for _ in range(2):
+            centre = _search(lambda c, p=period: fit_at(c, p, PHASE_ROUNDS).loss(scale), *grid.centres(period))
+            low, high = grid.periods(centre)
+            if not low <= period <= high:
+                low = high = period
+            period = _search(lambda p, c=centre: fit_at(c, p, PHASE_ROUNDS).loss(scale), low, high)
+        fit = fit_at(centre, period, FIT_ROUNDS)
+        how = "grid %.7f s, bounded by the reads to %.2f ms" % (period, 1e3 * max(last - first, 0.0))
     p = fit.X.shape[1]
     k0 = n_calls + 1  # first idle coefficient
 
@@ -511,9 +547,21 @@ def _row(index: int, label: str, module: str, op: str, inferences: int, duration
 
 
 def build_insitu_result(name: str, insitu: InSitu, model_op: str, meta: Dict[str, Any]) -> ProfileResult:
-    """The in-situ ProfileResult: one row per layer call, a ``framework`` row, and the whole inference."""
-    solved = attribute(insitu)
+    """The in-situ ProfileResult: one row per layer call, a ``framework`` row, and the whole inference.
+
+    An interrupted run too short to solve gives no rows (the result says it is incomplete).
+    """
     calls, n = insitu.calls, len(insitu.records)
+    meta = dict(meta, method="in-situ", inferences=n, inferences_discarded=len(insitu.discarded),
+                insitu_s=insitu.duration_s, estimator=None, min_window_s=None, cooldown_s=None, trials=n)
+    solving = time.monotonic()
+    try:
+        solved = attribute(insitu)
+    except ProfilerError:
+        if insitu.complete:
+            raise
+        return ProfileResult(model=name, layers=[], whole_model=None, idle_power_w=float("nan"), idle={},
+                             meta=meta, samples=list(insitu.samples), windows=list(insitu.windows))
     layers = []
     for i, duration, energy, dynamic in solved["rows"]:
         if i < len(calls):
@@ -541,13 +589,10 @@ def build_insitu_result(name: str, insitu: InSitu, model_op: str, meta: Dict[str
         "before_ci95_w": before_ci, "after_ci95_w": after_ci, "drift_w": drift,
         "drift_flagged": abs(drift) > max(0.02 * idle_w, drift_ci), "windows": 0,
     }
-    meta = dict(meta)
     meta.update({
-        "method": "in-situ", "inferences": n, "inferences_discarded": len(insitu.discarded),
-        "insitu_s": insitu.duration_s, "sensor_updates_used": solved["updates"],
-        "sensor_updates": solved["updates_total"], "update_intervals": solved["intervals"],
-        "idle_knots": solved["knots"], "ci_serial_inflation": solved["inflation"],
-        "estimator": None, "min_window_s": None, "cooldown_s": None, "trials": n,
+        "sensor_updates_used": solved["updates"], "sensor_updates": solved["updates_total"],
+        "update_intervals": solved["intervals"], "idle_knots": solved["knots"],
+        "ci_serial_inflation": solved["inflation"], "solve_s": time.monotonic() - solving,
     })
     return ProfileResult(model=name, layers=layers, whole_model=whole, idle_power_w=idle_w, idle=idle,
                          meta=meta, samples=list(insitu.samples), windows=list(insitu.windows))

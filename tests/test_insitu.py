@@ -26,12 +26,16 @@ def test_grid_is_recovered_from_held_values_with_a_skewed_clock():
     reads = np.arange(0.0, 6.0, 0.0022) + rng.uniform(0, 0.0002, size=len(np.arange(0.0, 6.0, 0.0022)))
     k = np.floor((reads - origin) / period)
     values = 3.0 + rng.normal(0, 0.03, size=int(k.max()) + 2)[k.astype(int) + 1]
-    fitted, first, last = fit_grid(reads, values, 0.0066)
-    assert fitted == pytest.approx(period, rel=1e-5)
-    n = round((origin - first) / period)
-    assert first - 1e-6 <= origin - n * period <= last + 1e-6
+    grid = fit_grid(reads, values, 0.0066)
+    assert grid.period == pytest.approx(period, rel=1e-5)
+    first, last = grid.centres(period)
+    true_centre = origin + period * grid.kc
+    assert first - 1e-6 <= true_centre <= last + 1e-6
     assert last - first < 0.0022  # no wider than the reads' spacing
-    ends, held = on_grid(reads, values, fitted, (first + last) / 2)
+    low, high = grid.periods(true_centre)
+    assert low - 1e-9 <= period <= high + 1e-9
+    fitted = grid.period
+    ends, held = on_grid(reads, values, fitted, grid.origin((first + last) / 2, fitted))
     assert np.all(np.diff(ends) > 0) and len(ends) == len(np.unique(k))
     assert held[5] == values[reads >= ends[5]][0]
 
