@@ -42,8 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.original_method import profile_original  # noqa: E402
-from tests.support.groundtruth import (  # noqa: E402
-    DEFAULT_LAYERS, IDLE_W, GroundTruthSensor, Timeline, build_model, busy_background)
+from tests.support.groundtruth import DEFAULT_LAYERS, IDLE_W, GroundTruthSensor, Timeline, build_model, busy_background  # noqa: E402
 
 # (median, worst) relative dynamic error targets per board and update period; None: no target
 TARGETS = {("quiet", 0.0066): (0.005, None), ("quiet", 0.1): (0.01, None), ("quiet", 1.0): (0.01, None),
