@@ -75,6 +75,9 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         raise ProfilerError("unknown method %r: use %s" % (method, ", ".join(METHODS)))
     if insitu_s is not None and not (insitu_s > 0):
         raise ProfilerError("insitu_s must be positive, got %r" % (insitu_s,))
+    if method != "isolate" and isinstance(model, torch.jit.ScriptModule):
+        raise ProfilerError("in-situ needs an nn.Module: TorchScript runs its layers inside the interpreter, where "
+                            "hooks never fire (use method isolate)")
     parse_granularity(granularity)
     name = safe_name(model_name or getattr(model, "original_name", None) or type(model).__name__)
     started = time.time()

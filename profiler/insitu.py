@@ -59,8 +59,10 @@ FIT_ROUNDS = 20
 GRID_SEED_STEPS = 16  # consecutive update steps that give the first estimate of the period
 PHASE_STEPS = 9  # sensor phases tried per refinement (see attribute)
 PHASE_ROUNDS = 2  # reweighting rounds while comparing phases
+SEARCH_GROUPS = 8  # runs of neighbouring layers in the model that compares candidate grids
 SEARCH_ROUNDS = 2  # grids of PHASE_STEPS per coordinate, each around the previous best
-GRID_MAX_RMS = 0.25  # no grid when the change brackets disagree by more than this many periods
+GRID_SLACK = 0.1  # periods by which a change bracket may miss the grid before it counts as a read error
+GRID_MIN_FIT = 0.9  # no grid when fewer of the change brackets than this fit it
 FRAMEWORK = "framework"
 METHODS = ("isolate", "in-situ", "both")
 
@@ -273,6 +275,9 @@ def fit_grid(times: np.ndarray, values: np.ndarray, nominal_s: float) -> Optiona
     if len(changed) < 10:
         return None
     lo, hi = times[changed - 1], times[changed]
+    # a late read (a starved sampler) leaves a wide bracket that bounds little: fit to the tight ones
+    tight = hi - lo <= min(2 * float(np.median(hi - lo)), 0.75 * nominal_s)
+    lo, hi = lo[tight], hi[tight]
     mid = (lo + hi) / 2
     steps = np.diff(mid)
     near = steps[(steps > 0.5 * nominal_s) & (steps < 1.5 * nominal_s)]
@@ -290,8 +295,15 @@ def fit_grid(times: np.ndarray, values: np.ndarray, nominal_s: float) -> Optiona
         span = span * 3 // 2
     if not period > 0:
         return None
-    grid = Grid(lo, hi, np.round((mid - origin) / period), period)
-    if grid.width(grid.period) < -GRID_MAX_RMS * period:
+    # brackets that miss the fitted grid by more than a tenth of a period are read errors, not the grid;
+    # a grid that many brackets miss is no grid
+    k = np.round((mid - origin) / period)
+    slack = GRID_SLACK * period
+    fits = (origin + period * k > lo - slack) & (origin + period * k <= hi + slack)
+    if fits.mean() < GRID_MIN_FIT:
+        return None
+    grid = Grid(lo[fits], hi[fits], k[fits], period)
+    if grid.width(grid.period) < -slack:
         return None
     return grid
 
@@ -475,10 +487,17 @@ def attribute(insitu: "InSitu") -> Dict[str, Any]:
         fit, how = Fit(design, values[1:][keep]), "reads"
     else:
 
+        # candidate grids are compared on a coarser model, the layers summed into a few runs of neighbours:
+        # the alignment shows in the big steps of power, and the full model's fit is costly on large models
+        groups = np.array_split(np.arange(n_calls), min(n_calls, SEARCH_GROUPS))
+
         def fit_at(centre: float, period: float, rounds: int) -> "Fit":
             ends, vals = on_grid(times, values, period, grid.origin(centre, period))
             design, keep = _design(insitu, activity, knots, ends - period, ends)
-            return Fit(design, vals[keep], rounds, covariance=rounds == FIT_ROUNDS)
+            if rounds == FIT_ROUNDS:
+                return Fit(design, vals[keep], rounds)
+            coarse = np.column_stack([design[:, g].sum(axis=1) for g in groups] + [design[:, n_calls:]])
+            return Fit(coarse, vals[keep], rounds, covariance=False)
 
         # the grid within the reads' bounds that explains the updates best (a profile likelihood), searched
         # one coordinate at a time: the centre at a fixed period, then the period about that centre

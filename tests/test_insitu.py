@@ -126,6 +126,12 @@ def test_a_model_whose_layer_order_changes_is_refused_with_one_line():
         profiler.profile(Alternating(), torch.zeros(4), source="sim", method="in-situ", insitu_s=1.0)
 
 
+def test_torchscript_is_refused_before_any_measurement():
+    scripted = torch.jit.script(nn.Sequential(nn.ReLU()))
+    with pytest.raises(profiler.ProfilerError, match="TorchScript"):
+        profiler.profile(scripted, torch.zeros(4), source="sim", method="both")
+
+
 def test_bad_method_and_length_are_refused():
     with pytest.raises(profiler.ProfilerError, match="unknown method"):
         profiler.profile(nn.ReLU(), torch.zeros(4), source="sim", method="replay")
