@@ -41,7 +41,8 @@ def _first_tensor(value: Any) -> Optional[torch.Tensor]:
 
 def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_url: Optional[str] = None,
             min_window_s: Optional[float] = None, trials: int = 5, granularity: str = "leaf",
-            estimator: str = "settled", model_name: Optional[str] = None, seed: Optional[int] = None,
+            estimator: str = "robust", target_ci: float = 0.02, budget_s: Optional[float] = None,
+            model_name: Optional[str] = None, seed: Optional[int] = None,
             progress: Optional[Callable[[int, int, str], None]] = None,
             warn: Callable[[str], None] = _stderr, source_options: Optional[Dict[str, Any]] = None,
             method: str = "isolate", insitu_s: Optional[float] = None) -> ProfileResult:
@@ -55,6 +56,10 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     daemon then measures.  ``min_window_s`` defaults from the sensor's update
     interval and the estimator (see :mod:`profiler.estimate`).
     ``granularity``: ``leaf``, ``children`` or ``depth:N``.
+    ``trials``: windows per layer at least; layers whose 95 % CI of dynamic
+    energy is wider than ``target_ci`` (relative; tiny layers: of 1 % of the
+    whole model's) get more, until ``budget_s`` seconds have passed (no limit
+    when None; then at most 4 x trials windows).
     ``method``: ``isolate`` (replay each layer alone), ``in-situ`` (run the
     whole model, solve for each layer; see :mod:`profiler.insitu`) or
     ``both`` (the in-situ result, with ``comparison`` holding both side by
@@ -69,6 +74,11 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         raise ProfilerError("trials must be a positive integer, got %r" % (trials,))
     if min_window_s is not None and not (min_window_s > 0):
         raise ProfilerError("min_window_s must be positive, got %r" % (min_window_s,))
+    if isinstance(target_ci, bool) or not isinstance(target_ci, (int, float)) or not target_ci > 0:
+        raise ProfilerError("target_ci must be a positive fraction (0.02 is +/-2 %%), got %r" % (target_ci,))
+    if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float))
+                                 or not budget_s > 0):
+        raise ProfilerError("budget_s must be a positive number of seconds, got %r" % (budget_s,))
     if estimator not in ESTIMATORS:
         raise ProfilerError("unknown estimator %r: use %s" % (estimator, ", ".join(ESTIMATORS)))
     if method not in METHODS:
@@ -96,7 +106,8 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         push = LivePush(exporter_url if daemon else None, name, warn)
         schedule = insitu = None
         if method != "in-situ":
-            schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed)
+            schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed,
+                                target_ci=float(target_ci), budget_s=budget_s)
             with torch.no_grad():
                 schedule.run()
         if method != "isolate" and (schedule is None or schedule.complete):
@@ -110,7 +121,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     if schedule is not None:
         meta = _meta(name, meter, est, window_s, trials, granularity, tensor, schedule, started)
         meta["method"] = "isolate"
-        result = build_result(name, schedule, est, meta)
+        result = build_result(name, schedule, meta)
     if insitu is not None:
         meta = _meta(name, meter, est, window_s, trials, granularity, tensor, insitu, started)
         isolated, result = result, build_insitu_result(name, insitu, whole.op, meta)
@@ -125,6 +136,7 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
           tensor: Optional[torch.Tensor], schedule: Schedule, started: float) -> Dict[str, Any]:
     info = meter.info
     dropped = sum(1 for w in schedule.windows if w.dropped)
+    disturbed = sum(1 for w in schedule.windows if w.resolved and not w.dropped and w.dirty)
     return {
         "model": name,
         "complete": schedule.complete,
@@ -141,6 +153,10 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
         "trials": trials,
         "granularity": granularity,
         "windows_dropped": dropped,
+        "windows_disturbed": disturbed,
+        "target_ci": getattr(schedule, "target_ci", None),
+        "budget_s": getattr(schedule, "budget_s", None),
+        "budget_hit": getattr(schedule, "budget_hit", False),
         "nvpmodel": nvpmodel_mode(),
         "jetson_clocks": jetson_clocks_state(),
         "torch_version": torch.__version__,

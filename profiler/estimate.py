@@ -13,7 +13,19 @@ step function is the true power passed through a kernel that
   * conserves energy (every instant's energy is charged exactly once), and
   * lasts from -delta to +2T (mean lag T - delta/2).
 
-Three estimators of the energy spent in [t0, t1] follow from that:
+Four estimators of the energy spent in [t0, t1] follow from that:
+
+``robust`` (default)
+    A window runs one call in a loop, so its power is stationary: after the
+    kernel's reach (``lag_s`` = 2T + delta + m) every value read inside the
+    window averages the window's own work.  The window's level is the mean of
+    that *core*, cut into blocks of at least one update and a few calls; blocks
+    that stand out from the window's median by more than ``BLOCK_K`` of the
+    sensor's own block noise (a background burst), and their neighbours (the
+    burst's edges, smeared by the sensor), are left out.  Energy = level x
+    window length.  No idle guard is needed between windows -- the next
+    window's core starts after its own lag -- so the board is never left idle
+    except in the reference windows the schedule interleaves on purpose.
 
 ``window`` (naive)
     Integrate the step function over [t0, t1].  Each edge misses or gains
@@ -56,16 +68,22 @@ jetson-stats default gives 5 s.  The idle baseline is measured with windows of t
 through the same estimator, so both see the same sensor.
 """
 
+import bisect
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-ESTIMATORS = ("settled", "shifted", "window")
-UPDATES_PER_WINDOW = {"settled": 5, "shifted": 10, "window": 50}
+ESTIMATORS = ("robust", "settled", "shifted", "window")
+UPDATES_PER_WINDOW = {"robust": 2, "settled": 5, "shifted": 10, "window": 50}
 MIN_WINDOW_FLOOR_S = 0.3
 NOISE_UPDATES = 20  # sensor updates per window that average the monitor's noise down
 NOISE_WINDOW_CAP_S = 2.0  # ...unless that would make windows longer than this
+# robust: a shorter core, since references are interleaved and windows are added until the CI is reached;
+# short windows also lose less to a background burst (see profiler.measure).
+ROBUST_CORE_CAP_S = 1.0
+BLOCK_K = 4.0  # a block this many block-noise sigmas from its window's median is a burst
+BLOCK_CALLS = 4  # a block lasts at least this many calls, so call phase does not look like a burst
 SETTLE_MARGIN = 0.5  # extra span, in sample periods, for read jitter
 COOLDOWN_SLACK_S = 0.01  # timer slop on top of the idle guard
 
@@ -93,9 +111,16 @@ class Estimator:
     def margin_s(self) -> float:
         return SETTLE_MARGIN * self.sample_period_s
 
+    @property
+    def lag_s(self) -> float:
+        """How long after a change of power every value read reflects only the new power."""
+        return 2 * self.update_interval_s + self.sample_period_s + self.margin_s
+
     def span(self, t0: float, t1: float) -> Tuple[float, float]:
-        """The interval of the step function to integrate for a window [t0, t1]."""
+        """The interval of the step function to integrate for a window [t0, t1] (robust: its core)."""
         T, delta = self.update_interval_s, self.sample_period_s
+        if self.method == "robust":
+            return min(t0 + self.lag_s, t1), t1
         if self.method == "settled":
             # a late read (up to ~T + delta apart; later ones get the window measured again) is charged
             # back to the previous read, so the window's first energy may land that far before t0
@@ -109,17 +134,26 @@ class Estimator:
     def cooldown_s(self) -> float:
         """Idle time between windows: long enough that no window's span sees the previous one."""
         T, delta = self.update_interval_s, self.sample_period_s
+        if self.method == "robust":
+            return delta + COOLDOWN_SLACK_S  # only for the sampler to have read past the last window
         if self.method == "settled":
             return 3 * T + delta + 2 * self.margin_s + COOLDOWN_SLACK_S
         return T + delta + COOLDOWN_SLACK_S
 
     def default_min_window_s(self) -> float:
+        if self.method == "robust":
+            T = self.update_interval_s
+            return self.lag_s + max(MIN_WINDOW_FLOOR_S, UPDATES_PER_WINDOW["robust"] * T,
+                                    min(NOISE_UPDATES * T, ROBUST_CORE_CAP_S))
         return max(MIN_WINDOW_FLOOR_S, UPDATES_PER_WINDOW[self.method] * self.update_interval_s,
                    min(NOISE_UPDATES * self.update_interval_s, NOISE_WINDOW_CAP_S))
 
     def window_energy(self, integral_j: float, t0: float, t1: float, idle_w: float,
                       unattributed_s: float = 0.0) -> Tuple[float, float]:
         """(total, dynamic) joules of the work in window [t0, t1] from the integral over :meth:`span`.
+
+        ``robust``: ``integral_j`` is the core's level x the core's length (the
+        level with the bursts left out) and stands for the whole window.
 
         ``unattributed_s``: time inside the window that is not the work's (the
         profiler's yields to the sampler thread, its loop, calls' hiccups
@@ -132,6 +166,8 @@ class Estimator:
         busy = t1 - t0 - unattributed_s
         if self.method == "settled":
             total = integral_j - idle_w * ((b - a) - busy)
+        elif self.method == "robust":
+            total = integral_j / (b - a) * (t1 - t0) - idle_w * unattributed_s
         else:
             total = integral_j - idle_w * unattributed_s
         return total, total - idle_w * busy
@@ -140,6 +176,90 @@ class Estimator:
         """Mean power of an idle window: the span's integral over the span's length."""
         a, b = self.span(t0, t1)
         return integral_j / (b - a)
+
+
+class StepFunction:
+    """The sampler's power step function (read k charged over (t_{k-1}, t_k]) with its running integral."""
+
+    def __init__(self):
+        self.times: List[float] = []
+        self.watts: List[float] = []
+        self._cum: List[float] = []
+
+    def extend(self, samples: Sequence[Tuple[float, float]]) -> None:
+        for t, w in samples:
+            if self.times and t <= self.times[-1]:
+                continue
+            self._cum.append((self._cum[-1] + w * (t - self.times[-1])) if self.times else 0.0)
+            self.times.append(t)
+            self.watts.append(w)
+
+    def integral(self, t: float) -> float:
+        """Joules from the first read to ``t`` (held at the ends)."""
+        k = bisect.bisect_left(self.times, t)
+        if k == 0:
+            return 0.0
+        if k == len(self.times):
+            return self._cum[-1]
+        return self._cum[k - 1] + self.watts[k] * (t - self.times[k - 1])
+
+    def block_means(self, a: float, b: float, n: int) -> List[float]:
+        """Mean power of ``n`` equal blocks of [a, b]."""
+        edges = [a + (b - a) * i / n for i in range(n + 1)]
+        values = [self.integral(t) for t in edges]
+        return [(q - p) / (e - s) for p, q, s, e in zip(values, values[1:], edges, edges[1:])]
+
+
+def core_blocks(a: float, b: float, update_interval_s: float, call_s: float) -> Tuple[float, int]:
+    """(start, blocks) of a window's core [a, b]: equal blocks of a whole number of calls, ending at b.
+
+    A block lasts at least one sensor update and BLOCK_CALLS calls; whole
+    calls make a block's mean the loop's mean power whatever the call's
+    power profile (a whole-model pass is several layers long).
+    """
+    if call_s <= 0:
+        return a, max(1, int((b - a) / update_interval_s))
+    block = call_s * math.ceil(max(update_interval_s, BLOCK_CALLS * call_s) / call_s)
+    n = int((b - a) / block)
+    if n < 1:
+        return b - call_s * max(1, int((b - a) / call_s)), 1
+    return b - n * block, n
+
+
+def robust_level(blocks: Sequence[float], sigma_w: float, ceiling_w: float = math.inf) -> Tuple[float, int]:
+    """(mean of the blocks that are not a burst, blocks kept).
+
+    A block is a burst when it is more than BLOCK_K x ``sigma_w`` *above* the
+    median of the window's blocks, or above ``ceiling_w`` (what the layer's
+    other windows say it can draw here) -- background activity only adds
+    power; a block below is the loop stalling (the OS running something
+    else), which is the window's own idle time and stays.  A burst's
+    neighbours go too (the sensor smears its edges over an update: less than
+    BLOCK_K sigma but still biased).
+    """
+    if not blocks:
+        return float("nan"), 0
+    centre = statistics.median(blocks)
+    bad = [m - centre > BLOCK_K * sigma_w or m > ceiling_w for m in blocks]
+    drop = [bad[i] or (i > 0 and bad[i - 1]) or (i + 1 < len(bad) and bad[i + 1]) for i in range(len(bad))]
+    kept = [m for m, d in zip(blocks, drop) if not d]
+    if not kept:
+        return float("nan"), 0
+    return math.fsum(kept) / len(kept), len(kept)
+
+
+def steady(blocks: Sequence[float], sigma_w: float) -> bool:
+    """An idle window's blocks all lie within BLOCK_K sigma of their median (nothing but the board ran)."""
+    if not blocks:
+        return False
+    centre = statistics.median(blocks)
+    return all(abs(m - centre) <= BLOCK_K * sigma_w for m in blocks)
+
+
+def mad_sigma(deviations: Sequence[float]) -> float:
+    """Robust standard deviation from deviations about a centre (1.4826 x median absolute deviation)."""
+    finite = [abs(d) for d in deviations if math.isfinite(d)]
+    return 1.4826 * statistics.median(finite) if finite else float("nan")
 
 
 # Two-sided 95 % Student t quantiles, df = 1..30.

@@ -7,8 +7,8 @@ import statistics
 import pytest
 import torch
 
-from tests.support.groundtruth import Burn, GroundTruthSensor, Timeline, build_model, busy_background
 from bench.original_method import capture, profile_original
+from tests.support.groundtruth import Burn, GroundTruthSensor, Timeline, build_model, busy_background
 
 
 class Clock:

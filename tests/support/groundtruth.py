@@ -217,7 +217,8 @@ class Background:
                  burst_s: Tuple[float, float] = (0.2, 0.6), gap_s: Tuple[float, float] = (1.0, 3.0),
                  clock: Callable[[], float] = now):
         if burst_w and burst_s[1] >= gap_s[0]:
-            raise ValueError("bursts of up to %g s cannot start every %g s without overlapping" % (burst_s[1], gap_s[0]))
+            raise ValueError("bursts of up to %g s cannot start every %g s without overlapping"
+                             % (burst_s[1], gap_s[0]))
         self.drift_w = drift_w
         self.drift_period_s = drift_period_s
         self.burst_w = burst_w
