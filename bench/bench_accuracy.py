@@ -140,6 +140,10 @@ def run_original(period: float, args, seed: int, busy: bool) -> Run:
 # name -> fn(period, args, seed, busy) -> Run; other methods add themselves here
 METHODS = {"profiler": run_profiler, "original": run_original}
 
+from bench.bench_insitu import run_insitu_bench  # noqa: E402
+
+METHODS["in-situ"] = run_insitu_bench
+
 
 def pct(x: float) -> str:
     if not math.isfinite(x):

@@ -43,14 +43,14 @@ from .measure import Window
 from .meter import MeterError, RawSample
 from .result import LayerResult, ProfileResult
 
-DEFAULT_MIN_S = 10.0
-DEFAULT_UPDATES = 600  # sensor updates a default run lasts...
+DEFAULT_MIN_S = 30.0
+DEFAULT_UPDATES = 1200  # sensor updates a default run lasts...
 DEFAULT_MAX_S = 120.0  # ...within these bounds
 WARMUP_S = 0.3
 # Gaps between inferences: uniform in [0, GAP_SCALE x max(sensor period, inference)].  Long enough that
 # some updates see idle only (the idle curve), short enough that most updates cut through an inference
 # (each cut inside a layer is what tells it from its neighbours).
-GAP_SCALE = 1.0
+GAP_SCALE = 0.5
 KNOT_UPDATES = 20  # the idle curve bends at most every this many updates...
 KNOT_MIN_S = 2.0  # ...and at most every this many seconds
 HUBER_K = 1.345

@@ -39,6 +39,7 @@ class LayerCheck:
     est_dynamic_ci95_j: Optional[float]
     est_total_j: float
     est_total_ci95_j: Optional[float]
+    all_calls_dynamic_j: float  # per call over every call (capture and warm-up included)
 
     @property
     def dynamic_err(self) -> float:
@@ -103,5 +104,5 @@ def run_insitu_harness(period_s: float, seed: int, insitu_s: float, busy: bool =
         checks.append(LayerCheck(
             layer.label, burn.extra_w, layer.energy_j / whole_j, duration, burn.extra_w * duration,
             (idle_w + burn.extra_w) * duration, layer.dynamic_energy_j, layer.dynamic_energy_ci95_j,
-            layer.energy_j, layer.energy_ci95_j))
+            layer.energy_j, layer.energy_ci95_j, timeline.truth(burn.key, idle_w).dynamic_per_call_j))
     return result, checks
