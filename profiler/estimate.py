@@ -26,6 +26,11 @@ Four estimators of the energy spent in [t0, t1] follow from that:
     window length.  No idle guard is needed between windows -- the next
     window's core starts after its own lag -- so the board is never left idle
     except in the reference windows the schedule interleaves on purpose.
+    For sensors of ALIGN_MIN_S and slower the lag is too dear (2.5 s at 1 s):
+    the update grid is found from the reads where the value changed
+    (:class:`UpdateGrid`), each window ends just after an update, and its
+    blocks are the values of the updates whose period lies wholly inside it,
+    so a change of window costs at most one period.
 
 ``window`` (naive)
     Integrate the step function over [t0, t1].  Each edge misses or gains
@@ -84,6 +89,12 @@ NOISE_WINDOW_CAP_S = 2.0  # ...unless that would make windows longer than this
 ROBUST_CORE_CAP_S = 1.0
 BLOCK_K = 4.0  # a block this many block-noise sigmas from its window's median is a burst
 BLOCK_CALLS = 4  # a block lasts at least this many calls, so call phase does not look like a burst
+# Sensors this slow get windows aligned to their update grid (profiler.measure): each window then loses no
+# lag, only the grid's slack.
+ALIGN_MIN_S = 0.05
+GRID_KEEP = 64  # value changes remembered
+GRID_MIN_BRACKETS = 8
+GRID_SLACK_S = 0.001  # timestamps of reads vs the sensor's own instant
 SETTLE_MARGIN = 0.5  # extra span, in sample periods, for read jitter
 COOLDOWN_SLACK_S = 0.01  # timer slop on top of the idle guard
 
@@ -152,9 +163,6 @@ class Estimator:
                       unattributed_s: float = 0.0) -> Tuple[float, float]:
         """(total, dynamic) joules of the work in window [t0, t1] from the integral over :meth:`span`.
 
-        ``robust``: ``integral_j`` is the core's level x the core's length (the
-        level with the bursts left out) and stands for the whole window.
-
         ``unattributed_s``: time inside the window that is not the work's (the
         profiler's yields to the sampler thread, its loop, calls' hiccups
         beyond the typical call); its idle energy is not the work's.
@@ -166,8 +174,6 @@ class Estimator:
         busy = t1 - t0 - unattributed_s
         if self.method == "settled":
             total = integral_j - idle_w * ((b - a) - busy)
-        elif self.method == "robust":
-            total = integral_j / (b - a) * (t1 - t0) - idle_w * unattributed_s
         else:
             total = integral_j - idle_w * unattributed_s
         return total, total - idle_w * busy
@@ -176,6 +182,74 @@ class Estimator:
         """Mean power of an idle window: the span's integral over the span's length."""
         a, b = self.span(t0, t1)
         return integral_j / (b - a)
+
+
+class UpdateGrid:
+    """When a sample-and-hold sensor publishes (u_j = anchor + j T), from the reads where its value changed.
+
+    A change between reads at t_{k-1} and t_k puts an update in (t_{k-1}, t_k];
+    folded onto one period, many such brackets narrow the phase to well under
+    a read period.  Brackets that no longer agree (a sensor whose clock
+    drifts against the host's) are forgotten oldest first; with fewer than
+    GRID_MIN_BRACKETS in agreement the grid is unknown.
+    """
+
+    def __init__(self, period_s: float):
+        self.period_s = period_s
+        self._brackets: List[Tuple[float, float]] = []
+        self._last: Optional[Tuple[float, float]] = None
+        self.anchor: Optional[float] = None
+        self.slack_s = math.inf
+
+    def feed(self, samples: Sequence[Tuple[float, float]]) -> None:
+        for t, w in samples:
+            if self._last is not None and t > self._last[0] and w != self._last[1]:
+                self._brackets.append((self._last[0], t))
+            self._last = (t, w)
+        del self._brackets[:-GRID_KEEP]
+        self._solve()
+
+    def _solve(self) -> None:
+        T = self.period_s
+        brackets = self._brackets
+        while len(brackets) >= GRID_MIN_BRACKETS:
+            ref = brackets[-1][1]
+            lo, hi = -math.inf, math.inf
+            for a, b in brackets:
+                n = round((ref - b) / T)
+                lo, hi = max(lo, a + n * T), min(hi, b + n * T)
+            if lo < hi:
+                self.anchor, self.slack_s = (lo + hi) / 2, (hi - lo) / 2 + GRID_SLACK_S
+                return
+            brackets = brackets[1:]
+        self.anchor, self.slack_s = None, math.inf
+
+    @property
+    def known(self) -> bool:
+        return self.anchor is not None and self.slack_s < self.period_s / 4
+
+    def next_update(self, t: float) -> float:
+        """The first update at or after ``t``."""
+        assert self.anchor is not None
+        return self.anchor + math.ceil((t - self.anchor) / self.period_s) * self.period_s
+
+    def first_period(self, t0: float) -> float:
+        """Start of the first update period that lies wholly after ``t0`` (slack allowed for).
+
+        Each change of window therefore costs up to one period (the one it
+        falls in), against 2 T + a read period for a window that waits out the
+        sensor's reach.
+        """
+        return self.next_update(t0 + self.slack_s)
+
+    def updates_within(self, t0: float, t1: float) -> List[float]:
+        """Updates whose averaging period (u - T, u] lies inside [t0, t1], slack allowed for."""
+        first = self.first_period(t0) + self.period_s
+        out = []
+        while first <= t1 - self.slack_s:
+            out.append(first)
+            first += self.period_s
+        return out
 
 
 class StepFunction:
@@ -260,6 +334,17 @@ def mad_sigma(deviations: Sequence[float]) -> float:
     """Robust standard deviation from deviations about a centre (1.4826 x median absolute deviation)."""
     finite = [abs(d) for d in deviations if math.isfinite(d)]
     return 1.4826 * statistics.median(finite) if finite else float("nan")
+
+
+def update_values(times: Sequence[float], watts: Sequence[float], updates: Sequence[float], period_s: float,
+                  slack_s: float) -> List[float]:
+    """The value each update published: the last read between it and the next (slack allowed for)."""
+    out = []
+    for u in updates:
+        k = bisect.bisect_left(times, u + period_s - slack_s) - 1
+        if k >= 0 and times[k] >= u + slack_s:
+            out.append(watts[k])
+    return out
 
 
 # Two-sided 95 % Student t quantiles, df = 1..30.

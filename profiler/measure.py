@@ -39,7 +39,19 @@ import numpy
 import torch
 
 from .capture import LayerCall
-from .estimate import BLOCK_K, Estimator, StepFunction, core_blocks, mad_sigma, mean_ci95, robust_level, steady
+from .estimate import (
+    ALIGN_MIN_S,
+    BLOCK_K,
+    Estimator,
+    StepFunction,
+    UpdateGrid,
+    core_blocks,
+    mad_sigma,
+    mean_ci95,
+    robust_level,
+    steady,
+    update_values,
+)
 from .meter import MeterError, RawSample
 
 COVERAGE_MIN = 0.9  # a window whose span the sensor covered less than this is dropped (sensor gap)
@@ -79,7 +91,7 @@ class Window:
     t1: float
     label: str = ""  # the layer label, "whole_model" or "idle"
     calls: int = 0
-    joules: float = float("nan")  # integral over the estimator's span (robust: level x core length)
+    joules: float = float("nan")  # integral over the estimator's span (robust: level x window length)
     samples: int = 0
     covered_s: float = 0.0
     phase: str = ""  # "reference" for idle windows
@@ -144,6 +156,10 @@ class Schedule:
         self._since = time.monotonic()
         self._measuring_since = self._since
         self._cap = max(WINDOW_CAP * trials, trials + WINDOW_CAP_MIN)
+        T = estimator.update_interval_s
+        # slow sensors: windows end just after an update boundary and the next one starts there (no lag lost)
+        self._grid = UpdateGrid(T) if estimator.method == "robust" and T >= ALIGN_MIN_S else None
+        self._align_updates = max(1, int(round((min_window_s - estimator.lag_s) / T)))
 
     # -- helpers ---------------------------------------------------------
     def _sync(self) -> None:
@@ -152,6 +168,29 @@ class Schedule:
 
     def _gap(self) -> None:
         time.sleep(self.estimator.cooldown_s)
+
+    def _guard(self) -> None:
+        """Between windows: the integrating estimators need the idle guard; robust cores skip the lag instead."""
+        if self.estimator.method != "robust":
+            self._gap()
+
+    def _pull(self) -> None:
+        fresh = self.meter.samples(self.samples[-1].t if self.samples else self._since)
+        self.samples.extend(fresh)
+        pairs = [(x.t, x.total_w) for x in fresh]
+        self._step.extend(pairs)
+        if self._grid is not None:
+            self._grid.feed(pairs)
+
+    def _aligned_end(self, t0: float) -> Optional[float]:
+        """Where a window started at ``t0`` ends: just after its last whole update (None: grid unknown)."""
+        grid = self._grid
+        if grid is None:
+            return None
+        self._pull()
+        if not grid.known:
+            return None
+        return grid.first_period(t0) + self._align_updates * grid.period_s + grid.slack_s
 
     def _check_time(self) -> None:
         if self.budget_s is not None and time.monotonic() - self._since >= self.budget_s:
@@ -193,9 +232,9 @@ class Schedule:
         unit.calls = max(1, math.ceil(self.min_window_s / (elapsed / count)))
 
     def _reference(self, trial: int, remaining: Optional[int] = None) -> None:
-        self._gap()
+        self._guard()
         t0 = time.monotonic()
-        t1 = t0 + self.min_window_s
+        t1 = self._aligned_end(t0) or t0 + self.min_window_s
         time.sleep(max(0.0, t1 - time.monotonic()))
         self.windows.append(Window("idle", None, trial, t0, t1, "idle", phase="reference"))
         self._tick("reference", remaining)
@@ -203,7 +242,8 @@ class Schedule:
     def _measure(self, position: int, trial: int, remaining: Optional[int] = None) -> None:
         unit = self.units[position]
         call, calls = unit.call, unit.calls
-        self._gap()
+        self._guard()
+        end = self._aligned_end(time.monotonic())
         if not unit.whole_model:
             self.push.layer(call.index, call.label, call.op, "begin")
         every = max(self.meter.sample_period_s / 2, 0.0005) if self.meter.in_process else math.inf
@@ -211,14 +251,17 @@ class Schedule:
         self._sync()
         t0 = time.monotonic()
         next_yield = t0 + every
-        for _ in range(calls):
+        while True:
             start = time.monotonic()
             call()
             now = time.monotonic()
             times.append(now - start)
+            if (len(times) >= calls) if end is None else (now >= end):
+                break
             if now >= next_yield:
                 time.sleep(YIELD_S)
                 next_yield = time.monotonic() + every
+        calls = len(times)
         self._sync()
         t1 = time.monotonic()
         if not unit.whole_model:
@@ -236,9 +279,7 @@ class Schedule:
         """Read every pending window's energy (after a guard) and the new raw samples, then judge them all."""
         if wait:
             self._gap()
-        fresh = self.meter.samples(self.samples[-1].t if self.samples else self._since)
-        self.samples.extend(fresh)
-        self._step.extend([(x.t, x.total_w) for x in fresh])
+        self._pull()
         times = self._step.times
         est = self.estimator
         late = max(est.update_interval_s, est.sample_period_s) + est.sample_period_s / 2 + LATE_READ_SLACK_S
@@ -251,11 +292,20 @@ class Schedule:
             a, b = est.span(window.t0, window.t1)
             if est.method == "robust":
                 first, last = bisect.bisect_right(times, a), bisect.bisect_left(times, b)
-                call_s = (window.t1 - window.t0) / window.calls if window.calls else 0.0
-                start, n = core_blocks(a, b, est.update_interval_s, call_s)
-                window.blocks = self._step.block_means(start, b, n)
-                window.samples = last - first
                 window.covered_s = (b - a) if 0 < first and last < len(times) else 0.0  # reads close it
+                window.samples = last - first
+                grid = self._grid
+                values = []
+                if grid is not None and grid.known:
+                    values = update_values(times, self._step.watts, grid.updates_within(window.t0, window.t1),
+                                           grid.period_s, grid.slack_s)
+                    window.samples, window.covered_s = len(values), (b - a) if values else 0.0
+                if values:
+                    window.blocks = values  # one block per whole update inside the window
+                else:
+                    call_s = (window.t1 - window.t0) / window.calls if window.calls else 0.0
+                    start, n = core_blocks(a, b, est.update_interval_s, call_s)
+                    window.blocks = self._step.block_means(start, b, n)
             else:
                 window.joules, window.samples, window.covered_s = self.meter.energy(a, b)
             window.resolved = True
@@ -320,9 +370,11 @@ class Schedule:
             if len(mine) >= 3:
                 powers = [self.energies(w)[1] / w.calls for w in mine]
                 centre = statistics.median(powers)
-                # a small sample's MAD can be tiny by chance: never below the levels' own noise
+                # the spread of the lower half: a burst that slipped through pulls windows up, so the upper
+                # half may hold several of them; and never below the levels' own noise (a small sample's MAD
+                # can be tiny by chance)
                 noise = statistics.median(w.noise_w * (w.t1 - w.t0) / w.calls for w in mine)
-                spread = max(mad_sigma([p - centre for p in powers]), noise)
+                spread = max(mad_sigma([p - centre for p in powers if p <= centre]), noise)
                 for w, p in zip(mine, powers):
                     if abs(p - centre) > LEVEL_K * spread and abs(p - centre) > 1e-12:
                         w.dirty = "level jump"
@@ -338,13 +390,16 @@ class Schedule:
         for w in mine:
             w.level_w, kept = robust_level(w.blocks or [], sigma_w, w.baseline_w + ceiling)
             w.noise_w = sigma_w / math.sqrt(kept) if kept else float("nan")
-            a, b = self.estimator.span(w.t0, w.t1)
-            w.joules = w.level_w * (b - a)
+            w.joules = w.level_w * (w.t1 - w.t0)
             if not kept or kept < len(w.blocks or ()) / 2:
                 w.dirty = "burst"
 
     def energies(self, w: Window):
         """(total, dynamic) joules of the work in a judged window, against its local baseline."""
+        if self.estimator.method == "robust":
+            # the level stands for the whole window; the time that is not the layer's is idle time of no layer
+            total = w.level_w * (w.t1 - w.t0) - w.baseline_w * w.unattributed_s
+            return total, total - w.baseline_w * (w.t1 - w.t0 - w.unattributed_s)
         return self.estimator.window_energy(w.joules, w.t0, w.t1, w.baseline_w, w.unattributed_s)
 
     def per_call_dynamic(self, position: int) -> List[float]:

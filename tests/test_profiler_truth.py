@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from profiler import ProfilerError, profile
-from profiler.estimate import BLOCK_K, core_blocks, robust_level
+from profiler.estimate import BLOCK_K, UpdateGrid, core_blocks, robust_level, update_values
 from profiler.measure import Window, _fit
 from profiler.result import plausibility
 from tests.support.groundtruth import GroundTruthSensor, Timeline, build_model, busy_background
@@ -123,3 +123,25 @@ def test_busy_board_cis_hold_the_truth_and_no_figure_is_dishonest():
     assert len({total for _, total, _ in seen}) == 1
     assert all(done <= total for done, total, _ in seen) and seen[-1][0] <= seen[-1][1]
     assert all(text.startswith("ETA ") for _, _, text in seen)
+
+
+def test_update_grid_is_found_from_value_changes_and_gives_each_update_its_value():
+    T, phase = 0.1, 0.037
+    reads = [0.0131 * k for k in range(400)]  # reads at a period incommensurate with T
+
+    def value(t):  # update j (at phase + j T) publishes j
+        return float(math.floor((t - phase) / T))
+
+    grid = UpdateGrid(T)
+    grid.feed([(t, value(t)) for t in reads])
+    assert grid.known and grid.slack_s < 0.002
+    assert grid.next_update(1.0) == pytest.approx(1.037, abs=grid.slack_s)
+    updates = grid.updates_within(1.0, 1.5)  # whole periods inside: (1.037, 1.137] ... (1.337, 1.437]
+    assert updates == pytest.approx([1.137, 1.237, 1.337, 1.437], abs=grid.slack_s)
+    values = update_values(reads, [value(t) for t in reads], updates, T, grid.slack_s)
+    assert values == [11.0, 12.0, 13.0, 14.0]
+    # a sensor whose updates stop agreeing with one grid: the old changes are forgotten, not averaged in
+    drifted = UpdateGrid(T)
+    drifted.feed([(t, value(t)) for t in reads[:200]] + [(t, value(t - 0.05)) for t in reads[200:]])
+    assert drifted.known and drifted.next_update(4.0) == pytest.approx(4.087, abs=drifted.slack_s)
+    assert not UpdateGrid(T).known
