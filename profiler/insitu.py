@@ -60,7 +60,7 @@ GRID_SEED_STEPS = 16  # consecutive update steps that give the first estimate of
 PHASE_STEPS = 9  # sensor phases tried per refinement (see attribute)
 PHASE_ROUNDS = 2  # reweighting rounds while comparing phases
 SEARCH_GROUPS = 8  # runs of neighbouring layers in the model that compares candidate grids
-SEARCH_ROUNDS = 2  # grids of PHASE_STEPS per coordinate, each around the previous best
+SEARCH_ROUNDS = 4  # grids of PHASE_STEPS per coordinate, each a quarter as wide (last step: 1/512 of the range)
 GRID_SLACK = 0.1  # periods by which a change bracket may miss the grid before it counts as a read error
 GRID_MIN_FIT = 0.9  # no grid when fewer of the change brackets than this fit it
 FRAMEWORK = "framework"
@@ -137,9 +137,11 @@ class Timestamps:
 class InSitu:
     """Runs the model whole, repeatedly, with random gaps; ``run()`` never raises KeyboardInterrupt or MeterError.
 
-    After ``run()``: ``starts``/``ends`` (inferences x calls), ``spans``
-    (inferences x 2), ``samples``, ``windows`` (one per inference),
-    ``complete`` and ``stopped_by`` -- the attributes core's metadata reads.
+    After ``run()``: ``records`` (per inference: start, end and every call's
+    start and end, host time), ``discarded`` (spans of inferences whose calls
+    were not the captured ones), ``samples``, ``windows`` (one per
+    inference), ``complete`` and ``stopped_by`` -- the last four are what
+    core's metadata reads.
     """
 
     def __init__(self, model: Any, example_input: Any, calls: List[LayerCall], meter: Any,
