@@ -83,9 +83,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             length = args.insitu_s or default_s(period)
             result, checks = run_insitu_harness(period, seed, length, busy=board == "busy")
             pooled.extend(checks)
-            print("%s board, %g ms, seed %d, %.0f s in-situ (%d inferences, %d of %d updates used), wall %.1f s"
-                  % (board, period * 1e3, seed, length, result.meta["inferences"], result.meta["sensor_updates_used"],
-                     result.meta["sensor_updates"], time.monotonic() - start))
+            print("%s board, %g ms, seed %d, %.0f s in-situ (%d inferences, %d of %d updates used), solve %.1f s, "
+                  "wall %.1f s" % (board, period * 1e3, seed, length, result.meta["inferences"],
+                                   result.meta["sensor_updates_used"], result.meta["sensor_updates"],
+                                   result.meta["solve_s"], time.monotonic() - start))
             for c in checks:
                 print("  %-7s %5.1f %% of the model  dynamic err %+7.2f %% (CI +/- %6.2f %%)  total err %+6.2f %%"
                       % (c.label, 100 * c.share, 100 * c.dynamic_err,

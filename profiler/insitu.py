@@ -61,6 +61,7 @@ PHASE_STEPS = 9  # sensor phases tried per refinement (see attribute)
 PHASE_ROUNDS = 2  # reweighting rounds while comparing phases
 SEARCH_GROUPS = 8  # runs of neighbouring layers in the model that compares candidate grids
 SEARCH_ROUNDS = 4  # grids of PHASE_STEPS per coordinate, each a quarter as wide (last step: 1/512 of the range)
+ALIGN_STEP = 0.005  # periods: the step either side of the fitted grid that measures its uncertainty
 GRID_SLACK = 0.1  # periods by which a change bracket may miss the grid before it counts as a read error
 GRID_MIN_FIT = 0.9  # no grid when fewer of the change brackets than this fit it
 FRAMEWORK = "framework"
@@ -493,13 +494,12 @@ def attribute(insitu: "InSitu") -> Dict[str, Any]:
         # the alignment shows in the big steps of power, and the full model's fit is costly on large models
         groups = np.array_split(np.arange(n_calls), min(n_calls, SEARCH_GROUPS))
 
-        def fit_at(centre: float, period: float, rounds: int) -> "Fit":
+        def fit_at(centre: float, period: float, rounds: int = PHASE_ROUNDS, coarse: bool = True) -> "Fit":
             ends, vals = on_grid(times, values, period, grid.origin(centre, period))
             design, keep = _design(insitu, activity, knots, ends - period, ends)
-            if rounds == FIT_ROUNDS:
-                return Fit(design, vals[keep], rounds)
-            coarse = np.column_stack([design[:, g].sum(axis=1) for g in groups] + [design[:, n_calls:]])
-            return Fit(coarse, vals[keep], rounds, covariance=False)
+            if coarse:
+                design = np.column_stack([design[:, g].sum(axis=1) for g in groups] + [design[:, n_calls:]])
+            return Fit(design, vals[keep], rounds, covariance=rounds == FIT_ROUNDS)
 
         # the grid within the reads' bounds that explains the updates best (a profile likelihood), searched
         # one coordinate at a time: the centre at a fixed period, then the period about that centre
@@ -508,14 +508,27 @@ def attribute(insitu: "InSitu") -> Dict[str, Any]:
         centre = (first + last) / 2
         if last < first:  # a few brackets disagree (a starved read): the middle of what remains
             first = last = centre
-        scale = fit_at(centre, period, PHASE_ROUNDS).scale
+        scale = fit_at(centre, period).scale
         for _ in range(2):
-            centre = _search(lambda c, p=period: fit_at(c, p, PHASE_ROUNDS).loss(scale), *grid.centres(period))
+            centre = _search(lambda c, p=period: fit_at(c, p).loss(scale), *grid.centres(period))
             low, high = grid.periods(centre)
             if not low <= period <= high:
                 low = high = period
-            period = _search(lambda p, c=centre: fit_at(c, p, PHASE_ROUNDS).loss(scale), low, high)
-        fit = fit_at(centre, period, FIT_ROUNDS)
+            period = _search(lambda p, c=centre: fit_at(c, p).loss(scale), low, high)
+        fit = fit_at(centre, period, FIT_ROUNDS, coarse=False)
+        # the grid is an estimate too: a misplaced edge moves energy between neighbouring layers.  Its variance
+        # comes from the loss's curvature (a profile likelihood), its effect from fits a small step either side
+        step_c = ALIGN_STEP * period
+        step_p = step_c / max(float(np.max(np.abs(grid.d))), 1.0)
+        here = fit_at(centre, period, coarse=False)
+        widen = np.zeros_like(fit.cov)
+        for dc, dp in ((step_c, 0.0), (0.0, step_p)):
+            below, above = (fit_at(centre + sign * dc, period + sign * dp, coarse=False) for sign in (-1, 1))
+            curvature = below.loss(here.scale) - 2 * here.loss(here.scale) + above.loss(here.scale)  # per step^2
+            if curvature > 0:
+                slope = (above.beta - below.beta) / 2
+                widen += np.outer(slope, slope) / (0.5 * here.used * HUBER_K ** 2 * curvature)
+        fit.cov = fit.cov + widen
         how = "grid %.7f s, bounded by the reads to %.2f ms" % (period, 1e3 * max(last - first, 0.0))
     p = fit.X.shape[1]
     k0 = n_calls + 1  # first idle coefficient
