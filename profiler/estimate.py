@@ -322,12 +322,17 @@ def robust_level(blocks: Sequence[float], sigma_w: float, ceiling_w: float = mat
     return math.fsum(kept) / len(kept), len(kept)
 
 
-def steady(blocks: Sequence[float], sigma_w: float) -> bool:
-    """An idle window's blocks all lie within BLOCK_K sigma of their median (nothing but the board ran)."""
+def idle_level(blocks: Sequence[float], sigma_w: float) -> Tuple[float, int]:
+    """(level, blocks kept) of an idle window: its lowest blocks.
+
+    Nothing lowers an idle board's power and a burst only adds to it, so the
+    board's own idle is the low cluster: blocks more than BLOCK_K sigma above
+    the median of the lower half are a burst, and go with their neighbours.
+    """
     if not blocks:
-        return False
-    centre = statistics.median(blocks)
-    return all(abs(m - centre) <= BLOCK_K * sigma_w for m in blocks)
+        return float("nan"), 0
+    low = sorted(blocks)[:max(1, (len(blocks) + 1) // 2)]
+    return robust_level(blocks, sigma_w, statistics.median(low) + BLOCK_K * sigma_w)
 
 
 def mad_sigma(deviations: Sequence[float]) -> float:

@@ -46,10 +46,10 @@ from .estimate import (
     StepFunction,
     UpdateGrid,
     core_blocks,
+    idle_level,
     mad_sigma,
     mean_ci95,
     robust_level,
-    steady,
     update_values,
 )
 from .meter import MeterError, RawSample
@@ -68,6 +68,8 @@ YIELD_S = 0.00005
 TIMING_MIN_S = 0.01
 LEVEL_K = 5.0  # robust sigmas a window's level may stray from its peers before it counts as a burst
 SIGMA_FLOOR_W = 1e-4  # block noise is never taken as below this (a quantised, noiseless sensor)
+REF_REACH = 4.0  # references farther than this many window lengths away do not say what idle was then
+MIN_KEPT = 3  # an idle window needs this many blocks clear of bursts
 FLOOR_SHARE = 0.01  # tiny layers: CI target relative to this share of the whole model's dynamic energy
 WINDOW_CAP = 4  # a layer gets at most WINDOW_CAP x trials windows (more than trials + WINDOW_CAP_MIN)
 WINDOW_CAP_MIN = 8
@@ -344,10 +346,9 @@ class Schedule:
             sigma = {g: max(mad_sigma(d), SIGMA_FLOOR_W) if d else SIGMA_FLOOR_W for g, d in deviations.items()}
             for w in resolved:
                 if w.kind == "idle":
-                    blocks = w.blocks or []
-                    w.level_w = math.fsum(blocks) / len(blocks) if blocks else float("nan")
-                    w.noise_w = sigma[None] / math.sqrt(len(blocks)) if blocks else float("nan")
-                    if not steady(blocks, sigma[None]):
+                    w.level_w, kept = idle_level(w.blocks or [], sigma[None])
+                    w.noise_w = sigma[None] / math.sqrt(kept) if kept else float("nan")
+                    if kept < min(MIN_KEPT, len(w.blocks or ())) or not kept:
                         w.dirty = "burst"
         else:
             for w in resolved:
@@ -359,7 +360,7 @@ class Schedule:
         for w in resolved:
             if w.kind == "idle":
                 continue
-            w.baseline_w = _baseline(refs, centres, w.centre)
+            w.baseline_w = _baseline(refs, centres, w.centre, REF_REACH * (w.t1 - w.t0))
             if not math.isfinite(w.baseline_w):
                 w.dirty = "no reference"
         for position in range(len(self.units)):
@@ -515,8 +516,12 @@ def _neighbours(refs: List[Window], centres: List[float], t: float) -> List[Wind
     return refs[max(0, i - 2):i + 2]
 
 
-def _baseline(refs: List[Window], centres: List[float], t: float) -> float:
-    return _fit(_neighbours(refs, centres, t), t)
+def _baseline(refs: List[Window], centres: List[float], t: float, reach_s: float) -> float:
+    """Idle at ``t`` from clean references within ``reach_s`` -- on both sides, or NaN (measure again)."""
+    near = [w for w in _neighbours(refs, centres, t) if abs(w.centre - t) <= reach_s]
+    if not any(w.centre < t for w in near) or not any(w.centre > t for w in near):
+        return float("nan")
+    return _fit(near, t)
 
 
 def _mark_jumps(refs: List[Window]) -> None:

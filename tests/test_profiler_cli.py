@@ -52,7 +52,7 @@ def test_vgg11_end_to_end(tmp_path):
     assert meta["complete"] is True and meta["source"] == "sim" and meta["simulated"] is True
     assert meta["sensor_update_interval_s"] == pytest.approx(0.0066)
     assert meta["input_shape"] == [1, 3, 32, 32] and meta["dtype"] == "float32" and meta["device"] == "cpu"
-    assert meta["torch_version"] and meta["estimator"] == "settled"
+    assert meta["torch_version"] and meta["estimator"] == "robust"
     assert 0.5 < data["idle_power_w"] < 10  # the simulated Nano idles near 1.3 W, tops out near 7 W
     for layer in layers:
         assert layer["duration_s"] > 0 and layer["calls_per_window"] >= 1 and layer["trials"] >= 1
@@ -65,7 +65,8 @@ def test_vgg11_end_to_end(tmp_path):
     with open(summary_csv) as fh:
         rows = list(csv.DictReader(fh))
     assert [r["label"] for r in rows] == [layer["label"] for layer in layers]
-    assert {"energy_j", "energy_ci95_j", "dynamic_energy_j", "calls_per_window", "module", "op"} <= set(rows[0])
+    assert {"energy_j", "energy_ci95_j", "dynamic_energy_j", "calls_per_window", "module", "op", "flag",
+            "windows_disturbed"} <= set(rows[0])
 
     with open(full_csv) as fh:
         header = fh.readline().strip().split(",")
@@ -122,7 +123,7 @@ def test_sigint_writes_what_was_measured(tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stderr:  # the progress lines: wait until the first layers are measured
-            if "trial 1/3" in line:
+            if "round 1/3" in line:
                 break
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
