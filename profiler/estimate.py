@@ -370,12 +370,23 @@ def t_quantile_975(df: int) -> float:
     return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
-def mean_ci95(values: Sequence[float]) -> Tuple[float, Optional[float]]:
-    """Mean and half-width of its 95 % confidence interval (None with fewer than two values)."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
+def ratio_ci95(joules: Sequence[float], calls: Sequence[int]) -> Tuple[float, Optional[float]]:
+    """Energy per call over windows of different call counts: sum(J) / sum(calls), with its 95 % CI.
+
+    A window that ends on the sensor's grid holds as many calls as fit, so a
+    window whose calls ran slow has fewer: a plain mean of per-call values
+    would weigh those calls more.  The CI is the ratio estimator's (delta
+    method); with equal counts both reduce to the mean and its t interval.
+    """
+    pairs = [(j, c) for j, c in zip(joules, calls) if math.isfinite(j) and c > 0]
+    if not pairs:
         return float("nan"), None
-    mean = math.fsum(finite) / len(finite)
-    if len(finite) < 2:
-        return mean, None
-    return mean, t_quantile_975(len(finite) - 1) * statistics.stdev(finite) / math.sqrt(len(finite))
+    total_c = sum(c for _, c in pairs)
+    ratio = math.fsum(j for j, _ in pairs) / total_c
+    n = len(pairs)
+    if n < 2:
+        return ratio, None
+    mean_c = total_c / n
+    spread = math.fsum((j - ratio * c) ** 2 for j, c in pairs) / (n - 1)
+    return ratio, t_quantile_975(n - 1) * math.sqrt(spread / n) / mean_c
+

@@ -12,8 +12,9 @@ and again, with nothing replayed:
 * Inferences are separated by random idle gaps, so their phase against the
   sensor's update grid is random (equivalent-time sampling): over many
   inferences every part of the model lands at every position of an update.
-* A sensor update publishes the mean power over a known interval (the update
-  grid is fitted to when the sampler saw values change).  So each update
+* A sensor update publishes the mean power over a known interval: the update
+  grid is bounded by when the sampler saw values change, and fitted to the
+  updates within those bounds (:class:`Grid`, :func:`attribute`).  So each update
   value is a linear equation in the unknowns -- the extra power of every
   layer call while it runs, of the framework, and the idle power (a
   piecewise-linear function of time, so slow drift does not leak into the
@@ -21,7 +22,8 @@ and again, with nothing replayed:
 * A robust least-squares fit (Huber, then Tukey's biweight: updates hit by
   background bursts that belong to no layer lose their weight) gives each
   layer's energy; its 95 % CI comes from a heteroscedasticity-consistent
-  covariance, widened for the residuals' serial correlation.
+  (HC3) covariance, widened for the residuals' serial correlation and for
+  the fitted grid's own uncertainty.
 
 Per call, energy = (idle around the call + the layer's extra power) x its
 duration.  The layer rows and the framework row add up to the energy of an

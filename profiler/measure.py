@@ -48,7 +48,7 @@ from .estimate import (
     core_blocks,
     idle_level,
     mad_sigma,
-    mean_ci95,
+    ratio_ci95,
     robust_level,
     update_values,
 )
@@ -239,7 +239,8 @@ class Schedule:
         t1 = self._aligned_end(t0) or t0 + self.min_window_s
         time.sleep(max(0.0, t1 - time.monotonic()))
         self.windows.append(Window("idle", None, trial, t0, t1, "idle", phase="reference"))
-        self._tick("reference", remaining)
+        self._tick("round %d/%d idle reference" % (trial + 1, self.trials) if remaining is None else
+                   "refining, idle reference", remaining)
 
     def _measure(self, position: int, trial: int, remaining: Optional[int] = None) -> None:
         unit = self.units[position]
@@ -295,13 +296,13 @@ class Schedule:
             if est.method == "robust":
                 first, last = bisect.bisect_right(times, a), bisect.bisect_left(times, b)
                 window.covered_s = (b - a) if 0 < first and last < len(times) else 0.0  # reads close it
-                window.samples = last - first
+                window.samples = bisect.bisect_left(times, window.t1) - bisect.bisect_right(times, window.t0)
                 grid = self._grid
                 values = []
                 if grid is not None and grid.known:
                     values = update_values(times, self._step.watts, grid.updates_within(window.t0, window.t1),
                                            grid.period_s, grid.slack_s)
-                    window.samples, window.covered_s = len(values), (b - a) if values else 0.0
+                    window.covered_s = (b - a) if values else 0.0
                 if values:
                     window.blocks = values  # one block per whole update inside the window
                 else:
@@ -403,8 +404,11 @@ class Schedule:
             return total, total - w.baseline_w * (w.t1 - w.t0 - w.unattributed_s)
         return self.estimator.window_energy(w.joules, w.t0, w.t1, w.baseline_w, w.unattributed_s)
 
-    def per_call_dynamic(self, position: int) -> List[float]:
-        return [self.energies(w)[1] / w.calls for w in self.windows if w.unit == position and w.usable]
+    def per_call_dynamic(self, position: int):
+        """(dynamic joules per call, 95 % CI half-width or None, usable windows) of one unit."""
+        mine = [w for w in self.windows if w.unit == position and w.usable]
+        mean, half = ratio_ci95([self.energies(w)[1] for w in mine], [w.calls for w in mine])
+        return mean, half, len(mine)
 
     # -- adaptive stopping -------------------------------------------------
     def wanting(self) -> Dict[int, int]:
@@ -412,7 +416,7 @@ class Schedule:
         whole = [p for p, u in enumerate(self.units) if u.whole_model]
         floor = 0.0
         if whole:
-            mean, _ = mean_ci95(self.per_call_dynamic(whole[0]))
+            mean = self.per_call_dynamic(whole[0])[0]
             floor = FLOOR_SHARE * abs(mean) if math.isfinite(mean) else 0.0
         taken = [0] * len(self.units)
         for w in self.windows:
@@ -422,14 +426,13 @@ class Schedule:
         for position in range(len(self.units)):
             if taken[position] >= self._cap:
                 continue
-            values = self.per_call_dynamic(position)
-            mean, half = mean_ci95(values)
-            if len(values) < self.trials or half is None:
-                want[position] = max(1, self.trials - len(values))
+            mean, half, n = self.per_call_dynamic(position)
+            if n < self.trials or half is None:
+                want[position] = max(1, self.trials - n)
                 continue
             goal = self.target_ci * max(abs(mean), floor)
             if half > goal:
-                more = len(values) * ((half / goal) ** 2 - 1) if goal > 0 else self._cap
+                more = n * ((half / goal) ** 2 - 1) if goal > 0 else self._cap
                 want[position] = max(1, min(int(math.ceil(more)), self._cap - taken[position]))
         return want
 

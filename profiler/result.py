@@ -6,7 +6,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from .estimate import mean_ci95
+from .estimate import ratio_ci95
 from .measure import Schedule, Window
 from .meter import RawSample
 
@@ -127,11 +127,6 @@ class ProfileResult:
         return report.console_summary(self)
 
 
-def _finite_mean(values: List[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return math.fsum(finite) / len(finite) if finite else float("nan")
-
-
 def idle_baseline(windows: List[Window]) -> Dict[str, Any]:
     """The clean reference windows' idle power: median, range, and whether it drifted.
 
@@ -154,7 +149,7 @@ def idle_baseline(windows: List[Window]) -> Dict[str, Any]:
 
 def unit_result(schedule: Schedule, position: int, peak_w: float) -> LayerResult:
     unit = schedule.units[position]
-    energy, dynamic, duration, wall, samples, disturbed = [], [], [], [], 0, 0
+    energy, dynamic, calls, duration, wall, samples, disturbed = [], [], [], [], [], 0, 0
     for w in schedule.windows:
         if w.unit != position or not w.resolved:
             continue
@@ -164,12 +159,13 @@ def unit_result(schedule: Schedule, position: int, peak_w: float) -> LayerResult
         total_j, dyn_j = schedule.energies(w)
         energy.append(total_j / w.calls)
         dynamic.append(dyn_j / w.calls)
-        duration.append((w.t1 - w.t0 - w.unattributed_s) / w.calls)
-        wall.append((w.t1 - w.t0) / w.calls)
+        calls.append(w.calls)
+        duration.append(w.t1 - w.t0 - w.unattributed_s)
+        wall.append(w.t1 - w.t0)
         samples += w.samples
-    e, e_ci = mean_ci95(energy)
-    d, d_ci = mean_ci95(dynamic)
-    t = _finite_mean(duration)
+    e, e_ci = ratio_ci95([x * c for x, c in zip(energy, calls)], calls)
+    d, d_ci = ratio_ci95([x * c for x, c in zip(dynamic, calls)], calls)
+    t = math.fsum(duration) / sum(calls) if calls else float("nan")
     call = unit.call
     return LayerResult(
         index=call.index, label=call.label, module=call.module_path, op=call.op,
@@ -177,7 +173,8 @@ def unit_result(schedule: Schedule, position: int, peak_w: float) -> LayerResult
         dynamic_energy_j=d, dynamic_energy_ci95_j=d_ci,
         power_w=e / t if t > 0 else float("nan"), dynamic_power_w=d / t if t > 0 else float("nan"),
         samples=samples, windows_disturbed=disturbed,
-        flag=plausibility(e, e_ci, d, d_ci, _finite_mean(wall), peak_w, disturbed, len(energy)),
+        flag=plausibility(e, e_ci, d, d_ci, math.fsum(wall) / sum(calls) if calls else float("nan"), peak_w,
+                          disturbed, len(energy)),
         trial_energy_j=energy, trial_dynamic_energy_j=dynamic,
     )
 
