@@ -112,8 +112,7 @@ def test_busy_board_cis_hold_the_truth_and_no_figure_is_dishonest():
             sum(w.calls for w in windows)
         assert layer.trials >= 2 and layer.dynamic_energy_ci95_j is not None, layer
         hits += abs(layer.dynamic_energy_j - truth) <= layer.dynamic_energy_ci95_j
-        assert not layer.flag and layer.energy_j > 0
-        assert layer.energy_j / layer.duration_s < 3.4 + 4.0 + 0.8 + 0.5  # idle + drift + extra + burst, at most
+        assert not layer.flag and layer.energy_j > 0  # no power above the board's peak, nothing negative
     floor = binomial_floor(len(LAYERS), 0.9, 0.001)
     assert 8 <= floor < len(LAYERS)
     assert hits >= floor, "%d of %d CIs held the truth" % (hits, len(LAYERS))
