@@ -208,8 +208,8 @@ class Schedule:
         eta = per_window * max(left, 0)
         if self.budget_s is not None:
             eta = min(eta, max(0.0, self.budget_s - (time.monotonic() - self._since)))
-        shown = min(self._done, self._total - 1) if remaining is not None else self._done
-        self.progress(shown, self._total, "ETA %s %s" % (_duration(eta), text))
+        # the count stops one short of the total until the run is over: extra windows never push it past
+        self.progress(min(self._done, self._total - 1), self._total, "ETA %s %s" % (_duration(eta), text))
 
     # -- phases ----------------------------------------------------------
     def calibrate(self, unit: Unit) -> None:
@@ -461,6 +461,8 @@ class Schedule:
             self.stopped_by = str(exc)
         if not self.complete:
             self._salvage()
+        elif self.progress is not None:
+            self.progress(self._total, self._total, "ETA 0s done")
 
     def _refine(self) -> None:
         """Extra rounds for layers that lost windows to bursts or sensor gaps, or whose CI is still wide."""
