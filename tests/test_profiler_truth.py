@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from profiler import ProfilerError, profile
-from profiler.estimate import BLOCK_K, UpdateGrid, core_blocks, robust_level, update_values
+from profiler.estimate import BLOCK_K, UpdateGrid, core_blocks, idle_level, robust_level, update_values
 from profiler.measure import Window, _fit
 from profiler.result import plausibility
 from tests.support.groundtruth import GroundTruthSensor, Timeline, build_model, busy_background
@@ -145,3 +145,11 @@ def test_update_grid_is_found_from_value_changes_and_gives_each_update_its_value
     drifted.feed([(t, value(t)) for t in reads[:200]] + [(t, value(t - 0.05)) for t in reads[200:]])
     assert drifted.known and drifted.next_update(4.0) == pytest.approx(4.087, abs=drifted.slack_s)
     assert not UpdateGrid(T).known
+
+
+def test_an_idle_reference_is_its_low_cluster_even_when_a_burst_covers_most_of_it():
+    sigma = 0.01
+    idle = [3.0, 3.01, 2.99]
+    level, kept = idle_level(idle + [3.4, 3.8, 3.8, 3.8, 3.8, 3.8], sigma)  # the sensor smears the edge
+    assert kept == 2 and level == pytest.approx(3.005)  # the edge's neighbour goes too
+    assert idle_level(idle * 3, sigma) == (pytest.approx(3.0), 9)
