@@ -44,10 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", metavar="FILE", default=None, help="private key of --cert")
     p.add_argument("--min-window-s", type=float, default=None,
                    help="shortest measurement window (default from the sensor's update interval)")
-    p.add_argument("--trials", type=int, default=5, help="windows per layer, in shuffled order (default 5)")
-    p.add_argument("--estimator", choices=("settled", "shifted", "window"), default="settled",
-                   help="window energy estimator (default settled; see profiler/estimate.py)")
+    p.add_argument("--trials", type=int, default=5,
+                   help="least windows per layer, in shuffled rounds between idle reference windows (default 5)")
+    p.add_argument("--target-ci", type=float, default=0.02,
+                   help="add windows until each layer's 95 %% CI of dynamic energy is within this fraction "
+                        "(tiny layers: of 1 %% of the whole model's; default 0.02)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop adding windows after this many seconds (default: no limit, at most 4x trials)")
+    p.add_argument("--estimator", choices=("robust", "settled", "shifted", "window"), default="robust",
+                   help="window energy estimator (default robust; see profiler/estimate.py)")
     p.add_argument("--seed", type=int, default=None, help="seed for the shuffled layer order")
+    p.add_argument("--method", choices=("isolate", "in-situ", "both"), default="isolate",
+                   help="isolate: replay each layer alone; in-situ: run the whole model and solve for each "
+                        "layer; both: in-situ next to isolated (default isolate; see profiler/insitu.py)")
+    p.add_argument("--insitu-s", type=float, default=None,
+                   help="length of the in-situ run in seconds (default from the sensor's update interval)")
     p.add_argument("--out", default="results", help="output directory (default results/)")
     return p
 
@@ -88,6 +99,12 @@ def _run(args) -> int:
         raise ProfilerError("--trials must be at least 1")
     if args.min_window_s is not None and not args.min_window_s > 0:
         raise ProfilerError("--min-window-s must be positive")
+    if not args.target_ci > 0:
+        raise ProfilerError("--target-ci must be a positive fraction (0.02 is +/-2 %)")
+    if args.budget_s is not None and not args.budget_s > 0:
+        raise ProfilerError("--budget-s must be a positive number of seconds")
+    if args.insitu_s is not None and not args.insitu_s > 0:
+        raise ProfilerError("--insitu-s must be positive")
     from .report import check_writable
 
     check_writable(args.out)
@@ -116,7 +133,9 @@ def _run(args) -> int:
             model, example, source=args.source, exporter_url=args.exporter, token_file=args.token_file,
             cacert=args.cacert, cert=args.cert, key=args.key, min_window_s=args.min_window_s,
             trials=args.trials, granularity=args.granularity, estimator=args.estimator, model_name=name,
+            target_ci=args.target_ci, budget_s=args.budget_s,
             seed=args.seed, progress=bar, warn=_stderr, source_options=options,
+            method=args.method, insitu_s=args.insitu_s,
         )
     except InputRejected as exc:
         raise ProfilerError("%s rejects input shape %s: %s" % (name, ",".join(map(str, shape)),

@@ -13,6 +13,7 @@ from .capture import LayerCall, as_call, capture, detached, op_name, parse_granu
 from .client import DaemonClient
 from .errors import ProfilerError
 from .estimate import ESTIMATORS, Estimator
+from .insitu import METHODS, InSitu, build_insitu_result, compare, default_duration_s
 from .measure import Schedule, Unit
 from .meter import open_meter
 from .models import safe_name
@@ -39,10 +40,11 @@ def _first_tensor(value: Any) -> Optional[torch.Tensor]:
 def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_url: Optional[str] = None,
             token_file: Optional[str] = None, cacert: Optional[str] = None, cert: Optional[str] = None,
             key: Optional[str] = None, min_window_s: Optional[float] = None, trials: int = 5, granularity: str = "leaf",
-            estimator: str = "settled", model_name: Optional[str] = None, seed: Optional[int] = None,
+            estimator: str = "robust", target_ci: float = 0.02, budget_s: Optional[float] = None,
+            model_name: Optional[str] = None, seed: Optional[int] = None,
             progress: Optional[Callable[[int, int, str], None]] = None,
             warn: Callable[[str], None] = _stderr, source_options: Optional[Dict[str, Any]] = None,
-            ) -> ProfileResult:
+            method: str = "isolate", insitu_s: Optional[float] = None) -> ProfileResult:
     """Measure the energy of every layer call of ``model`` on ``example_input``.
 
     ``example_input``: a tensor, a tuple/list of positional inputs or a dict
@@ -56,6 +58,15 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     how to reach ``exporter_url``.  ``min_window_s`` defaults from the sensor's update
     interval and the estimator (see :mod:`profiler.estimate`).
     ``granularity``: ``leaf``, ``children`` or ``depth:N``.
+    ``trials``: windows per layer at least; layers whose 95 % CI of dynamic
+    energy is wider than ``target_ci`` (relative; tiny layers: of 1 % of the
+    whole model's) get more, until ``budget_s`` seconds have passed (no limit
+    when None; then at most 4 x trials windows).
+    ``method``: ``isolate`` (replay each layer alone), ``in-situ`` (run the
+    whole model, solve for each layer; see :mod:`profiler.insitu`) or
+    ``both`` (the in-situ result, with ``comparison`` holding both side by
+    side).  ``insitu_s``: how long the in-situ run lasts (default from the
+    sensor's update interval).
 
     Ctrl-C (KeyboardInterrupt) while measuring does not propagate: the result
     holds what was measured and ``meta["complete"]`` is False.
@@ -65,8 +76,20 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         raise ProfilerError("trials must be a positive integer, got %r" % (trials,))
     if min_window_s is not None and not (min_window_s > 0):
         raise ProfilerError("min_window_s must be positive, got %r" % (min_window_s,))
+    if isinstance(target_ci, bool) or not isinstance(target_ci, (int, float)) or not target_ci > 0:
+        raise ProfilerError("target_ci must be a positive fraction (0.02 is +/-2 %%), got %r" % (target_ci,))
+    if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float))
+                                 or not budget_s > 0):
+        raise ProfilerError("budget_s must be a positive number of seconds, got %r" % (budget_s,))
     if estimator not in ESTIMATORS:
         raise ProfilerError("unknown estimator %r: use %s" % (estimator, ", ".join(ESTIMATORS)))
+    if method not in METHODS:
+        raise ProfilerError("unknown method %r: use %s" % (method, ", ".join(METHODS)))
+    if insitu_s is not None and not (insitu_s > 0):
+        raise ProfilerError("insitu_s must be positive, got %r" % (insitu_s,))
+    if method != "isolate" and isinstance(model, torch.jit.ScriptModule):
+        raise ProfilerError("in-situ needs an nn.Module: TorchScript runs its layers inside the interpreter, where "
+                            "hooks never fire (use method isolate)")
     parse_granularity(granularity)
     client = DaemonClient(exporter_url, token_file, cacert, cert, key) if exporter_url else None
     if client is None and (token_file or cacert or cert or key):
@@ -86,13 +109,30 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         tensor = _first_tensor(example_input)
         device = tensor.device if tensor is not None else torch.device("cpu")
         push = LivePush(client if daemon else None, name, warn)
-        schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed)
-        with torch.no_grad():
-            schedule.run()
+        schedule = insitu = None
+        if method != "in-situ":
+            schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed,
+                                target_ci=float(target_ci), budget_s=budget_s)
+            with torch.no_grad():
+                schedule.run()
+        if method != "isolate" and (schedule is None or schedule.complete):
+            duration = insitu_s if insitu_s is not None else default_duration_s(meter.update_interval_s)
+            insitu = InSitu(model, example_input, calls, meter, device, duration, progress, seed)
+            with torch.no_grad():
+                insitu.run()
     finally:
         meter.close()
-    meta = _meta(name, meter, est, window_s, trials, granularity, tensor, schedule, started)
-    result = build_result(name, schedule, est, meta)
+    result = None
+    if schedule is not None:
+        meta = _meta(name, meter, est, window_s, trials, granularity, tensor, schedule, started)
+        meta["method"] = "isolate"
+        result = build_result(name, schedule, meta)
+    if insitu is not None:
+        meta = _meta(name, meter, est, window_s, trials, granularity, tensor, insitu, started)
+        isolated, result = result, build_insitu_result(name, insitu, whole.op, meta)
+        if isolated is not None:
+            result.meta["method"] = "both"
+            result.comparison = compare(isolated, result)
     push.results(result.layers)
     return result
 
@@ -101,6 +141,7 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
           tensor: Optional[torch.Tensor], schedule: Schedule, started: float) -> Dict[str, Any]:
     info = meter.info
     dropped = sum(1 for w in schedule.windows if w.dropped)
+    disturbed = sum(1 for w in schedule.windows if w.resolved and not w.dropped and w.dirty)
     return {
         "model": name,
         "complete": schedule.complete,
@@ -117,6 +158,10 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
         "trials": trials,
         "granularity": granularity,
         "windows_dropped": dropped,
+        "windows_disturbed": disturbed,
+        "target_ci": getattr(schedule, "target_ci", None),
+        "budget_s": getattr(schedule, "budget_s", None),
+        "budget_hit": getattr(schedule, "budget_hit", False),
         "nvpmodel": nvpmodel_mode(),
         "jetson_clocks": jetson_clocks_state(),
         "torch_version": torch.__version__,

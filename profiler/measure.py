@@ -1,11 +1,30 @@
-"""The measurement schedule: warm-up, idle baseline, shuffled trials, idle baseline again.
+"""The measurement schedule: calibrate, then layer windows interleaved with idle reference windows.
 
-Every window is separated from the next by the estimator's idle guard, and
-nothing but sleeping happens inside a guard: window energies are read from
-the meter in batches (after each trial, behind a guard of their own), so the
-bookkeeping never lands inside a window's span.  The only exception is the
-live push: the daemon is told ``begin`` right before a window and ``end``
-right after it, so its own per-layer counters line up with the work.
+Design (issue 10: a busy board -- drifting idle, background bursts of no layer):
+
+* Every layer window sits between two idle *reference* windows (R W R W R ...,
+  each reference shared by its neighbours) in a freshly shuffled order every
+  round.  A window's idle baseline is a local fit through the nearest clean
+  references in time (quadratic through two on each side, else linear), so
+  slow drift cancels instead of being charged to whichever layer ran when
+  the board was warmer.
+* With the default ``robust`` estimator a window's level leaves out blocks
+  that stand out from the rest of the window by more than the sensor's own
+  block noise (see :func:`profiler.estimate.robust_level`); a window left
+  with too few blocks, or whose level (a reference against its neighbours, a
+  layer's dynamic power against the layer's other windows) jumps by more than
+  LEVEL_K robust sigmas, is *dirty*: a burst covered it, and it is measured
+  again.
+* Adaptive stopping: after ``trials`` rounds, layers whose 95 % CI of dynamic
+  energy is wider than ``target_ci`` (relative, with a floor of
+  ``target_ci`` x FLOOR_SHARE of the whole model's dynamic energy for tiny
+  layers) or with fewer than ``trials`` clean windows get more windows, round
+  after round, until they reach it, the window cap, or ``budget_s``.
+
+Nothing but the loop (or sleep) runs inside a window: window energies are
+read from the meter in batches after each round.  The only exception is the
+live push: the daemon is told ``begin`` right before a layer window and
+``end`` right after it, so its own per-layer counters line up with the work.
 """
 
 import bisect
@@ -14,12 +33,25 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
+import numpy
 import torch
 
 from .capture import LayerCall
-from .estimate import Estimator
+from .estimate import (
+    ALIGN_MIN_S,
+    BLOCK_K,
+    Estimator,
+    StepFunction,
+    UpdateGrid,
+    core_blocks,
+    idle_level,
+    mad_sigma,
+    ratio_ci95,
+    robust_level,
+    update_values,
+)
 from .meter import MeterError, RawSample
 
 COVERAGE_MIN = 0.9  # a window whose span the sensor covered less than this is dropped (sensor gap)
@@ -27,7 +59,6 @@ COVERAGE_MIN = 0.9  # a window whose span the sensor covered less than this is d
 # have missed a sensor value: the sampler then charges one held value over time it does not describe
 # (a starved sampler thread on a busy CPU).  Windows with such a read are measured again.
 LATE_READ_SLACK_S = 0.002
-RETRY_ROUNDS = 2
 # CPython's GIL convoy: a loop of short torch ops (each releases and at once retakes the GIL) can keep
 # the sampler thread waiting for the GIL for hundreds of ms.  Windows measured against an in-process
 # sampler therefore pause briefly every half sample period (the sampler holds the GIL from the pause
@@ -35,6 +66,13 @@ RETRY_ROUNDS = 2
 # of its total.  Regular reads matter: see the read-jitter note in profiler.estimate.
 YIELD_S = 0.00005
 TIMING_MIN_S = 0.01
+LEVEL_K = 5.0  # robust sigmas a window's level may stray from its peers before it counts as a burst
+SIGMA_FLOOR_W = 1e-4  # block noise is never taken as below this (a quantised, noiseless sensor)
+REF_REACH = 4.0  # references farther than this many window lengths away do not say what idle was then
+MIN_KEPT = 3  # an idle window needs this many blocks clear of bursts
+FLOOR_SHARE = 0.01  # tiny layers: CI target relative to this share of the whole model's dynamic energy
+WINDOW_CAP = 4  # a layer gets at most WINDOW_CAP x trials windows (more than trials + WINDOW_CAP_MIN)
+WINDOW_CAP_MIN = 8
 
 
 @dataclass
@@ -48,37 +86,55 @@ class Unit:
 
 @dataclass
 class Window:
-    kind: str  # "idle", "layer" or "whole"
+    kind: str  # "idle" (a reference), "layer" or "whole"
     unit: Optional[int]  # position in the unit list; None for idle
     trial: int
     t0: float
     t1: float
     label: str = ""  # the layer label, "whole_model" or "idle"
     calls: int = 0
-    joules: float = float("nan")
+    joules: float = float("nan")  # integral over the estimator's span (robust: level x window length)
     samples: int = 0
     covered_s: float = 0.0
-    phase: str = ""  # "before" / "after" for idle windows
+    phase: str = ""  # "reference" for idle windows
     resolved: bool = False
-    dropped: bool = False
+    dropped: bool = False  # sensor gap or late read: not used
     longest_read_gap_s: float = 0.0
     unattributed_s: float = 0.0  # time inside the window that is not the layer's (see typical_busy_s)
     call_times: Optional[List[float]] = None  # each call's own time (CPU), until _flush reads it
+    blocks: Optional[List[float]] = None  # robust: the core's block means
+    level_w: float = float("nan")  # mean power of the window's span, bursts left out
+    baseline_w: float = float("nan")  # local idle power from the nearest clean references
+    dirty: str = ""  # why a resolved window is not used ("burst", "level jump", "no reference")
+    noise_w: float = 0.0  # robust: the level's standard error from the sensor's block noise
+
+    @property
+    def usable(self) -> bool:
+        return self.resolved and not self.dropped and not self.dirty
+
+    @property
+    def centre(self) -> float:
+        return (self.t0 + self.t1) / 2
 
 
 Progress = Callable[[int, int, str], None]
 
 
+class _OutOfTime(Exception):
+    pass
+
+
 class Schedule:
     """Runs the whole measurement; ``run()`` never raises KeyboardInterrupt or MeterError.
 
-    After ``run()``: ``windows`` (resolved ones carry their integral),
-    ``samples`` (every raw sample seen), ``complete`` and ``stopped_by``.
+    After ``run()``: ``windows`` (usable ones carry energies via :meth:`energies`),
+    ``samples`` (every raw sample seen), ``complete``, ``stopped_by`` and
+    ``budget_hit`` (the time budget ended the refinement).
     """
 
     def __init__(self, units: List[Unit], meter: Any, estimator: Estimator, trials: int,
                  min_window_s: float, device: torch.device, push: Any, progress: Optional[Progress],
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, target_ci: float = 0.02, budget_s: Optional[float] = None):
         self.units = units
         self.meter = meter
         self.estimator = estimator
@@ -87,14 +143,25 @@ class Schedule:
         self.device = device
         self.push = push
         self.progress = progress
+        self.target_ci = target_ci
+        self.budget_s = budget_s
         self.rng = random.Random(seed)
         self.windows: List[Window] = []
         self.samples: List[RawSample] = []
         self.complete = False
         self.stopped_by = ""
+        self.budget_hit = False
+        self._step = StepFunction()
         self._done = 0
-        self._total = trials * len(units) + 2 * trials
+        # one stable total: the planned rounds (a reference after every layer window, one before all)
+        self._total = 2 * trials * len(units) + 1
         self._since = time.monotonic()
+        self._measuring_since = self._since
+        self._cap = max(WINDOW_CAP * trials, trials + WINDOW_CAP_MIN)
+        T = estimator.update_interval_s
+        # slow sensors: windows end just after an update boundary and the next one starts there (no lag lost)
+        self._grid = UpdateGrid(T) if estimator.method == "robust" and T >= ALIGN_MIN_S else None
+        self._align_updates = max(1, int(round((min_window_s - estimator.lag_s) / T)))
 
     # -- helpers ---------------------------------------------------------
     def _sync(self) -> None:
@@ -104,10 +171,45 @@ class Schedule:
     def _gap(self) -> None:
         time.sleep(self.estimator.cooldown_s)
 
-    def _tick(self, text: str) -> None:
+    def _guard(self) -> None:
+        """Between windows: the integrating estimators need the idle guard; robust cores skip the lag instead."""
+        if self.estimator.method != "robust":
+            self._gap()
+
+    def _pull(self) -> None:
+        fresh = self.meter.samples(self.samples[-1].t if self.samples else self._since)
+        self.samples.extend(fresh)
+        pairs = [(x.t, x.total_w) for x in fresh]
+        self._step.extend(pairs)
+        if self._grid is not None:
+            self._grid.feed(pairs)
+
+    def _aligned_end(self, t0: float) -> Optional[float]:
+        """Where a window started at ``t0`` ends: just after its last whole update (None: grid unknown)."""
+        grid = self._grid
+        if grid is None:
+            return None
+        self._pull()
+        if not grid.known:
+            return None
+        return grid.first_period(t0) + self._align_updates * grid.period_s + grid.slack_s
+
+    def _check_time(self) -> None:
+        if self.budget_s is not None and time.monotonic() - self._since >= self.budget_s:
+            self.budget_hit = True
+            raise _OutOfTime
+
+    def _tick(self, text: str, remaining: Optional[int] = None) -> None:
         self._done += 1
-        if self.progress is not None:
-            self.progress(self._done, self._total, text)
+        if self.progress is None:
+            return
+        per_window = (time.monotonic() - self._measuring_since) / self._done
+        left = self._total - self._done if remaining is None else remaining
+        eta = per_window * max(left, 0)
+        if self.budget_s is not None:
+            eta = min(eta, max(0.0, self.budget_s - (time.monotonic() - self._since)))
+        # the count stops one short of the total until the run is over: extra windows never push it past
+        self.progress(min(self._done, self._total - 1), self._total, "ETA %s %s" % (_duration(eta), text))
 
     # -- phases ----------------------------------------------------------
     def calibrate(self, unit: Unit) -> None:
@@ -131,22 +233,20 @@ class Schedule:
             elapsed = time.monotonic() - start
         unit.calls = max(1, math.ceil(self.min_window_s / (elapsed / count)))
 
-    def _idle(self, phase: str) -> None:
-        self._gap()
-        length = self.min_window_s
+    def _reference(self, trial: int, remaining: Optional[int] = None) -> None:
+        self._guard()
         t0 = time.monotonic()
-        for trial in range(self.trials):
-            t1 = t0 + length
-            time.sleep(max(0.0, t1 - time.monotonic()))
-            self.windows.append(Window("idle", None, trial, t0, t1, "idle", phase=phase))
-            self._tick("idle (%s)" % phase)
-            t0 = t1
-        self._flush()
+        t1 = self._aligned_end(t0) or t0 + self.min_window_s
+        time.sleep(max(0.0, t1 - time.monotonic()))
+        self.windows.append(Window("idle", None, trial, t0, t1, "idle", phase="reference"))
+        self._tick("round %d/%d idle reference" % (trial + 1, self.trials) if remaining is None else
+                   "refining, idle reference", remaining)
 
-    def _measure(self, position: int, trial: int) -> None:
+    def _measure(self, position: int, trial: int, remaining: Optional[int] = None) -> None:
         unit = self.units[position]
         call, calls = unit.call, unit.calls
-        self._gap()
+        self._guard()
+        end = self._aligned_end(time.monotonic())
         if not unit.whole_model:
             self.push.layer(call.index, call.label, call.op, "begin")
         every = max(self.meter.sample_period_s / 2, 0.0005) if self.meter.in_process else math.inf
@@ -154,14 +254,17 @@ class Schedule:
         self._sync()
         t0 = time.monotonic()
         next_yield = t0 + every
-        for _ in range(calls):
+        while True:
             start = time.monotonic()
             call()
             now = time.monotonic()
             times.append(now - start)
+            if (len(times) >= calls) if end is None else (now >= end):
+                break
             if now >= next_yield:
                 time.sleep(YIELD_S)
                 next_yield = time.monotonic() + every
+        calls = len(times)
         self._sync()
         t1 = time.monotonic()
         if not unit.whole_model:
@@ -171,15 +274,16 @@ class Schedule:
         # window is the layer's.
         self.windows.append(Window(kind, position, trial, t0, t1, call.label, calls,
                                    call_times=times if self.device.type == "cpu" else None))
-        self._tick("trial %d/%d %s" % (trial + 1, self.trials, call.label))
+        text = "round %d/%d %s" % (trial + 1, self.trials, call.label) if remaining is None else \
+            "refining %s" % call.label
+        self._tick(text, remaining)
 
     def _flush(self, wait: bool = True) -> None:
-        """Read every pending window's energy (after a guard) and the new raw samples."""
+        """Read every pending window's energy (after a guard) and the new raw samples, then judge them all."""
         if wait:
             self._gap()
-        fresh = self.meter.samples(self.samples[-1].t if self.samples else self._since)
-        self.samples.extend(fresh)
-        times = [s.t for s in self.samples]
+        self._pull()
+        times = self._step.times
         est = self.estimator
         late = max(est.update_interval_s, est.sample_period_s) + est.sample_period_s / 2 + LATE_READ_SLACK_S
         for window in self.windows:
@@ -188,29 +292,168 @@ class Schedule:
             if window.call_times:
                 window.unattributed_s = window.t1 - window.t0 - typical_busy_s(window.call_times)
                 window.call_times = None
-            a, b = self.estimator.span(window.t0, window.t1)
-            reading = self.meter.energy(a, b)
-            window.joules, window.samples, window.covered_s = reading
+            a, b = est.span(window.t0, window.t1)
+            if est.method == "robust":
+                first, last = bisect.bisect_right(times, a), bisect.bisect_left(times, b)
+                window.covered_s = (b - a) if 0 < first and last < len(times) else 0.0  # reads close it
+                window.samples = bisect.bisect_left(times, window.t1) - bisect.bisect_right(times, window.t0)
+                grid = self._grid
+                values = []
+                if grid is not None and grid.known:
+                    values = update_values(times, self._step.watts, grid.updates_within(window.t0, window.t1),
+                                           grid.period_s, grid.slack_s)
+                    window.covered_s = (b - a) if values else 0.0
+                if values:
+                    window.blocks = values  # one block per whole update inside the window
+                else:
+                    call_s = (window.t1 - window.t0) / window.calls if window.calls else 0.0
+                    start, n = core_blocks(a, b, est.update_interval_s, call_s)
+                    window.blocks = self._step.block_means(start, b, n)
+            else:
+                window.joules, window.samples, window.covered_s = self.meter.energy(a, b)
             window.resolved = True
             first, last = bisect.bisect_right(times, a), bisect.bisect_left(times, b) + 1
             inside = times[max(first - 1, 0):last + 1]
             window.longest_read_gap_s = max((q - p for p, q in zip(inside, inside[1:])), default=0.0)
-            window.dropped = reading.covered_s < COVERAGE_MIN * (b - a) or window.longest_read_gap_s > late
+            # a late read only upsets the integrating estimators' exact edges; robust levels are means of
+            # held values, and dropping the windows of a starved sampler would select the calm windows
+            window.dropped = window.covered_s < COVERAGE_MIN * (b - a) or (
+                est.method != "robust" and window.longest_read_gap_s > late)
+        self.judge()
+
+    # -- judging ---------------------------------------------------------
+    def judge(self) -> None:
+        """Levels with bursts left out, local baselines, and which windows are dirty (see the module doc).
+
+        References first: a reference is idle, so any block off its median is
+        a burst and the whole reference goes, and one that a burst covered
+        whole stands out from the running median of its neighbours.  Then
+        each layer window's baseline comes from the clean references around
+        it, and its blocks are judged against both its own median and a
+        ceiling from the layer's other windows (baseline + the layer's typical
+        dynamic power + BLOCK_K spreads), which catches a burst that covered
+        the window whole.
+        """
+        est = self.estimator
+        resolved = [w for w in self.windows if w.resolved and not w.dropped]
+        for w in resolved:
+            w.dirty = ""
+        sigma: Dict[Optional[int], float] = {}
+        if est.method == "robust":
+            deviations: Dict[Optional[int], List[float]] = {}
+            for w in resolved:
+                centre = statistics.median(w.blocks) if w.blocks else float("nan")
+                deviations.setdefault(w.unit, []).extend(m - centre for m in w.blocks or ())
+            sigma = {g: max(mad_sigma(d), SIGMA_FLOOR_W) if d else SIGMA_FLOOR_W for g, d in deviations.items()}
+            for w in resolved:
+                if w.kind == "idle":
+                    w.level_w, kept = idle_level(w.blocks or [], sigma[None])
+                    w.noise_w = sigma[None] / math.sqrt(kept) if kept else float("nan")
+                    if kept < min(MIN_KEPT, len(w.blocks or ())) or not kept:
+                        w.dirty = "burst"
+        else:
+            for w in resolved:
+                w.level_w = est.mean_power(w.joules, w.t0, w.t1)
+        refs = sorted((w for w in resolved if w.kind == "idle" and not w.dirty), key=lambda w: w.centre)
+        _mark_jumps(refs)
+        refs = [w for w in refs if not w.dirty]
+        centres = [w.centre for w in refs]
+        for w in resolved:
+            if w.kind == "idle":
+                continue
+            w.baseline_w = _baseline(refs, centres, w.centre, REF_REACH * (w.t1 - w.t0))
+            if not math.isfinite(w.baseline_w):
+                w.dirty = "no reference"
+        for position in range(len(self.units)):
+            mine = [w for w in resolved if w.unit == position and not w.dirty]
+            if est.method == "robust":
+                self._judge_blocks(mine, sigma.get(position, SIGMA_FLOOR_W))
+                mine = [w for w in mine if not w.dirty]
+            if len(mine) >= 3:
+                powers = [self.energies(w)[1] / w.calls for w in mine]
+                centre = statistics.median(powers)
+                # the spread of the lower half: a burst that slipped through pulls windows up, so the upper
+                # half may hold several of them; and never below the levels' own noise (a small sample's MAD
+                # can be tiny by chance)
+                noise = statistics.median(w.noise_w * (w.t1 - w.t0) / w.calls for w in mine)
+                spread = max(mad_sigma([p - centre for p in powers if p <= centre]), noise)
+                for w, p in zip(mine, powers):
+                    if abs(p - centre) > LEVEL_K * spread and abs(p - centre) > 1e-12:
+                        w.dirty = "level jump"
+
+    def _judge_blocks(self, mine: List[Window], sigma_w: float) -> None:
+        """A layer's windows: levels without bursts, under a ceiling from the layer's own typical power."""
+        typical = [statistics.median(w.blocks) - w.baseline_w for w in mine if w.blocks]
+        ceiling = math.inf
+        if len(typical) >= 3:
+            # the spread of the upper half only: stalls pull windows down, and bursts up
+            centre = statistics.median(typical)
+            ceiling = centre + BLOCK_K * max(mad_sigma([d - centre for d in typical if d >= centre]), sigma_w)
+        for w in mine:
+            w.level_w, kept = robust_level(w.blocks or [], sigma_w, w.baseline_w + ceiling)
+            w.noise_w = sigma_w / math.sqrt(kept) if kept else float("nan")
+            w.joules = w.level_w * (w.t1 - w.t0)
+            if not kept or kept < len(w.blocks or ()) / 2:
+                w.dirty = "burst"
+
+    def energies(self, w: Window):
+        """(total, dynamic) joules of the work in a judged window, against its local baseline."""
+        if self.estimator.method == "robust":
+            # the level stands for the whole window; the time that is not the layer's is idle time of no layer
+            total = w.level_w * (w.t1 - w.t0) - w.baseline_w * w.unattributed_s
+            return total, total - w.baseline_w * (w.t1 - w.t0 - w.unattributed_s)
+        return self.estimator.window_energy(w.joules, w.t0, w.t1, w.baseline_w, w.unattributed_s)
+
+    def per_call_dynamic(self, position: int):
+        """(dynamic joules per call, 95 % CI half-width or None, usable windows) of one unit."""
+        mine = [w for w in self.windows if w.unit == position and w.usable]
+        mean, half = ratio_ci95([self.energies(w)[1] for w in mine], [w.calls for w in mine])
+        return mean, half, len(mine)
+
+    # -- adaptive stopping -------------------------------------------------
+    def wanting(self) -> Dict[int, int]:
+        """Units that need more windows -> a guess of how many (for the ETA)."""
+        whole = [p for p, u in enumerate(self.units) if u.whole_model]
+        floor = 0.0
+        if whole:
+            mean = self.per_call_dynamic(whole[0])[0]
+            floor = FLOOR_SHARE * abs(mean) if math.isfinite(mean) else 0.0
+        taken = [0] * len(self.units)
+        for w in self.windows:
+            if w.unit is not None:
+                taken[w.unit] += 1
+        want = {}
+        for position in range(len(self.units)):
+            if taken[position] >= self._cap:
+                continue
+            mean, half, n = self.per_call_dynamic(position)
+            if n < self.trials or half is None:
+                want[position] = max(1, self.trials - n)
+                continue
+            goal = self.target_ci * max(abs(mean), floor)
+            if half > goal:
+                more = n * ((half / goal) ** 2 - 1) if goal > 0 else self._cap
+                want[position] = max(1, min(int(math.ceil(more)), self._cap - taken[position]))
+        return want
 
     def run(self) -> None:
         try:
             for unit in self.units:
                 self.calibrate(unit)
-            self._idle("before")
+            self._measuring_since = time.monotonic()
+            self._reference(0)
             for trial in range(self.trials):
                 order = list(range(len(self.units)))
                 self.rng.shuffle(order)
                 for position in order:
+                    self._check_time()
                     self._measure(position, trial)
+                    self._reference(trial)
                 self._flush()
-            for _ in range(RETRY_ROUNDS):
-                self._retry_dropped()
-            self._idle("after")
+            self._refine()
+            self.complete = True
+        except _OutOfTime:
+            self._flush()
             self.complete = True
         except KeyboardInterrupt:
             self.stopped_by = "interrupted"
@@ -218,21 +461,27 @@ class Schedule:
             self.stopped_by = str(exc)
         if not self.complete:
             self._salvage()
+        elif self.progress is not None:
+            self.progress(self._total, self._total, "ETA 0s done")
 
-    def _retry_dropped(self) -> None:
-        """An extra round for units that lost windows to a sensor gap or late reads (a starved sampler)."""
-        good = [0] * len(self.units)
-        for w in self.windows:
-            if w.unit is not None and w.resolved and not w.dropped:
-                good[w.unit] += 1
-        retry = [p for p, n in enumerate(good) if n < self.trials]
-        if not retry:
-            return
-        self._total += len(retry)
-        self.rng.shuffle(retry)
-        for position in retry:
-            self._measure(position, self.trials)
-        self._flush()
+    def _refine(self) -> None:
+        """Extra rounds for layers that lost windows to bursts or sensor gaps, or whose CI is still wide."""
+        trial = self.trials
+        while True:
+            want = self.wanting()
+            if not want:
+                return
+            order = list(want)
+            self.rng.shuffle(order)
+            remaining = 2 * sum(want.values())
+            for position in order:
+                self._check_time()
+                self._measure(position, trial, remaining)
+                remaining -= 1
+                self._reference(trial, remaining)
+                remaining -= 1
+            self._flush()
+            trial += 1
 
     def _salvage(self) -> None:
         """After an interruption: keep the windows whose spans have passed; drop the rest."""
@@ -243,6 +492,61 @@ class Schedule:
             self._flush(wait=False)
         except MeterError:
             self.windows = [w for w in self.windows if w.resolved]
+            self.judge()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return "%dm%02ds" % divmod(seconds, 60) if seconds >= 60 else "%ds" % seconds
+
+
+def _fit(refs: List[Window], t: float) -> float:
+    """Idle power at ``t`` from reference windows: quadratic through 2+2 around t, else linear, else one."""
+    if not refs:
+        return float("nan")
+    if len(refs) == 1:
+        return refs[0].level_w
+    x = [w.centre - t for w in refs]
+    y = [w.level_w for w in refs]
+    before = sum(1 for v in x if v < 0)
+    degree = 2 if len(refs) >= 4 and 2 <= before <= len(refs) - 2 else 1 if 0 < before < len(refs) else 0
+    if degree == 0:
+        return y[min(range(len(x)), key=lambda i: abs(x[i]))]
+    return float(numpy.polyval(numpy.polyfit(x, y, degree), 0.0))
+
+
+def _neighbours(refs: List[Window], centres: List[float], t: float) -> List[Window]:
+    """Up to two clean references on each side of ``t``."""
+    i = bisect.bisect_left(centres, t)
+    return refs[max(0, i - 2):i + 2]
+
+
+def _baseline(refs: List[Window], centres: List[float], t: float, reach_s: float) -> float:
+    """Idle at ``t`` from clean references within ``reach_s`` -- on both sides, or NaN (measure again)."""
+    near = [w for w in _neighbours(refs, centres, t) if abs(w.centre - t) <= reach_s]
+    if not any(w.centre < t for w in near) or not any(w.centre > t for w in near):
+        return float("nan")
+    return _fit(near, t)
+
+
+def _mark_jumps(refs: List[Window]) -> None:
+    """Mark references that stray from the running median of their neighbours by > LEVEL_K sigmas.
+
+    A running median of seven follows a monotone drift exactly and ignores up
+    to three references a burst covered whole; two passes, so that a second
+    burst nearby is seen once the first is out.
+    """
+    for _ in range(2):
+        clean = [w for w in refs if not w.dirty]
+        if len(clean) < 4:
+            return
+        levels = [w.level_w for w in clean]
+        res = [levels[i] - statistics.median(levels[max(0, i - 3):i + 4]) for i in range(len(clean))]
+        noise = statistics.median(w.noise_w for w in clean) if clean[0].noise_w else 0.0
+        spread = max(mad_sigma(res), noise, SIGMA_FLOOR_W)
+        for w, r in zip(clean, res):
+            if abs(r) > LEVEL_K * spread:
+                w.dirty = "level jump"
 
 
 def typical_busy_s(call_times: List[float]) -> float:

@@ -22,6 +22,7 @@ from .errors import ProfilerError, one_line
 SUMMARY_COLUMNS = (
     "index", "label", "module", "op", "calls_per_window", "trials", "duration_s", "energy_j",
     "energy_ci95_j", "dynamic_energy_j", "dynamic_energy_ci95_j", "power_w", "dynamic_power_w", "samples",
+    "windows_disturbed", "flag",
 )
 
 
@@ -145,20 +146,25 @@ def write_plot(result: Any, path: str) -> str:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    layers = [layer for layer in result.layers if layer.trials]
+    layers = [layer for layer in result.layers if layer.trials or layer.flag]
     n = max(len(layers), 1)
     height = min(max(3.0, 0.22 * n + 1.6), 300.0)
     fig, ax = plt.subplots(figsize=(10, height))
     try:
         y = list(range(len(layers)))
-        scale, unit = _energy_unit(max([layer.energy_j for layer in layers] + [0.0]))
-        total = [max(layer.energy_j, 0.0) * scale for layer in layers]
-        dyn = [min(max(layer.dynamic_energy_j, 0.0) * scale, t) for layer, t in zip(layers, total)]
+        scale, unit = _energy_unit(max([layer.energy_j for layer in layers if not layer.flag] + [0.0]))
+        # a flagged layer gets no bar: its reason is written where the bar would be
+        total = [0.0 if layer.flag else max(layer.energy_j, 0.0) * scale for layer in layers]
+        dyn = [0.0 if layer.flag else min(max(layer.dynamic_energy_j, 0.0) * scale, t)
+               for layer, t in zip(layers, total)]
         idle = [t - d for t, d in zip(total, dyn)]
-        err = [(layer.energy_ci95_j or 0.0) * scale for layer in layers]
+        err = [0.0 if layer.flag else (layer.energy_ci95_j or 0.0) * scale for layer in layers]
         ax.barh(y, idle, color="#b0b0b0", label="idle share (idle power x duration)")
         ax.barh(y, dyn, left=idle, color="#d9534f", label="dynamic (above idle)")
         ax.errorbar(total, y, xerr=err, fmt="none", ecolor="black", elinewidth=0.8, capsize=2, label="95 % CI")
+        for position, layer in enumerate(layers):
+            if layer.flag:
+                ax.text(0, position, "  FLAGGED: " + layer.flag, va="center", fontsize=7, color="#a94442")
         ax.set_yticks(y)
         ax.set_yticklabels(["%s  %s" % (layer.label, layer.module) for layer in layers], fontsize=7)
         ax.invert_yaxis()
@@ -201,28 +207,48 @@ def console_summary(result: Any) -> str:
     """The original profiler's lines (``Conv2d_0: Duration=... | Energy=... | Avg Power=...``), then totals."""
     lines = []
     for layer in result.layers:
+        if layer.flag:
+            # an implausible figure is never printed as a plain number
+            lines.append("%s: FLAGGED (%s) | Duration=%s ms" % (layer.label, layer.flag, _fmt(layer.duration_s, 1e3)))
+            continue
         lines.append(
             "%s: Duration=%s ms | Energy=%s mJ (+/- %s, dynamic %s mJ) | Avg Power=%s W"
             % (layer.label, _fmt(layer.duration_s, 1e3), _fmt(layer.energy_j, 1e3),
                _fmt(layer.energy_ci95_j, 1e3), _fmt(layer.dynamic_energy_j, 1e3), _fmt(layer.power_w, 1, 3))
         )
-    measured = [layer for layer in result.layers if layer.trials]
+    measured = [layer for layer in result.layers if layer.trials and not layer.flag]
+    flagged = sum(1 for layer in result.layers if layer.flag)
     total_t = math.fsum(layer.duration_s for layer in measured)
     total_e = math.fsum(layer.energy_j for layer in measured)
     total_d = math.fsum(layer.dynamic_energy_j for layer in measured)
-    lines.append("Total (%d layers): Duration=%s ms | Energy=%s mJ | Dynamic Energy=%s mJ | Avg Power=%s W"
-                 % (len(measured), _fmt(total_t, 1e3), _fmt(total_e, 1e3), _fmt(total_d, 1e3),
+    lines.append("Total (%d layers%s): Duration=%s ms | Energy=%s mJ | Dynamic Energy=%s mJ | Avg Power=%s W"
+                 % (len(measured), ", %d flagged left out" % flagged if flagged else "", _fmt(total_t, 1e3),
+                    _fmt(total_e, 1e3), _fmt(total_d, 1e3),
                     _fmt(total_e / total_t if total_t > 0 else float("nan"), 1, 3)))
     idle = result.idle
-    lines.append("Idle power: %s W (before %s W, after %s W%s)"
-                 % (_fmt(result.idle_power_w, 1, 3), _fmt(idle.get("before_w"), 1, 3),
-                    _fmt(idle.get("after_w"), 1, 3), "; DRIFTED" if idle.get("drift_flagged") else ""))
+    drifted = "; DRIFTED" if idle.get("drift_flagged") else ""
+    if "min_w" in idle:
+        lines.append("Idle power: %s W (reference windows %s to %s W%s; each layer is charged its local idle)"
+                     % (_fmt(result.idle_power_w, 1, 3), _fmt(idle.get("min_w"), 1, 3),
+                        _fmt(idle.get("max_w"), 1, 3), drifted))
+    else:
+        lines.append("Idle power: %s W (before %s W, after %s W%s)"
+                     % (_fmt(result.idle_power_w, 1, 3), _fmt(idle.get("before_w"), 1, 3),
+                        _fmt(idle.get("after_w"), 1, 3), drifted))
+    disturbed = result.meta.get("windows_disturbed")
+    if disturbed:
+        lines.append("Background: %d windows disturbed (bursts of no layer) were left out and measured again"
+                     % disturbed)
     whole = result.whole_model
     if whole and whole.get("trials"):
         coverage = whole.get("coverage")
         lines.append("Whole model: Duration=%s ms | Energy=%s mJ | Dynamic Energy=%s mJ | layers cover %s %%"
                      % (_fmt(whole["duration_s"], 1e3), _fmt(whole["energy_j"], 1e3),
                         _fmt(whole["dynamic_energy_j"], 1e3), _fmt(coverage, 100, 1)))
+    if result.comparison:
+        from .insitu import compare_lines
+
+        lines.extend(compare_lines(result.comparison))
     if result.meta.get("simulated"):
         lines.append("SIMULATED: source %s (%s) is simulated or replayed; these are not hardware measurements"
                      % (result.meta.get("source"), result.meta.get("board")))

@@ -2,11 +2,12 @@
 
 import math
 import os
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from . import report
-from .estimate import Estimator, mean_ci95
+from .estimate import ratio_ci95
 from .measure import Schedule, Window
 from .meter import RawSample
 
@@ -19,6 +20,9 @@ class LayerResult:
     ``dynamic_energy_j`` the part above the idle baseline (may be slightly
     negative for a call too cheap to tell from noise); ``power_w`` the mean
     total power during the call.  CI fields are None with fewer than two trials.
+    ``flag``: why the figures are implausible ("" when they are not); a
+    flagged row's numbers are shown as flagged, never as plain numbers.
+    ``windows_disturbed``: windows left out (background bursts, sensor gaps).
     """
 
     index: int
@@ -35,6 +39,8 @@ class LayerResult:
     power_w: float
     dynamic_power_w: float
     samples: int
+    windows_disturbed: int = 0
+    flag: str = ""
     trial_energy_j: List[float] = field(default_factory=list)
     trial_dynamic_energy_j: List[float] = field(default_factory=list)
 
@@ -54,6 +60,7 @@ class ProfileResult:
     meta: Dict[str, Any]
     samples: List[RawSample]
     windows: List[Window]
+    comparison: Optional[List[Dict[str, Any]]] = None  # in-situ next to isolated (method "both")
 
     @property
     def complete(self) -> bool:
@@ -67,6 +74,7 @@ class ProfileResult:
             "whole_model": self.whole_model,
             "idle_power_w": self.idle_power_w,
             "idle": self.idle,
+            **({"comparison": self.comparison} if self.comparison is not None else {}),
         }
 
     # Writers (atomic: a reader never sees a half-written file).
@@ -87,84 +95,102 @@ class ProfileResult:
         ``<model>_layerwise_*``; returns kind -> path."""
         report.check_writable(out_dir)
         base = os.path.join(out_dir, self.model + "_layerwise_")
-        return {
+        paths = {
             "full_csv": self.write_full_csv(base + "energy_full.csv"),
             "summary_csv": self.write_summary_csv(base + "summary.csv"),
             "json": self.write_json(base + "summary.json"),
             "plot": self.write_plot(base + "energy_plot.png"),
         }
+        if self.comparison is not None:
+            from .insitu import write_compare_csv
+
+            paths["compare_csv"] = write_compare_csv(self.comparison, base + "compare.csv")
+        return paths
 
     def console_summary(self) -> str:
         return report.console_summary(self)
 
 
-def _finite_mean(values: List[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return math.fsum(finite) / len(finite) if finite else float("nan")
+def idle_baseline(windows: List[Window]) -> Dict[str, Any]:
+    """The clean reference windows' idle power: median, range, and whether it drifted.
 
-
-def idle_baseline(windows: List[Window], estimator: Estimator) -> Dict[str, Any]:
-    """Idle power before and after, their mean, and whether the board drifted in between.
-
-    Drift is flagged when before and after differ by more than 2 % of idle
-    and by more than three standard errors of the difference.
+    Each layer window is charged against its *local* baseline (see
+    profiler.measure), so a drift is reported, not subtracted wrongly; it is
+    flagged when the references span more than 2 % of idle.
     """
-    powers: Dict[str, List[float]] = {"before": [], "after": []}
-    for w in windows:
-        if w.kind == "idle" and w.resolved and not w.dropped:
-            powers[w.phase].append(estimator.mean_power(w.joules, w.t0, w.t1))
-    before, before_ci = mean_ci95(powers["before"])
-    after, after_ci = mean_ci95(powers["after"])
-    idle = _finite_mean(powers["before"] + powers["after"])
-    drift = after - before
-    flagged = False
-    if math.isfinite(drift):
-        se = math.sqrt(sum(_se(v) ** 2 for v in (powers["before"], powers["after"])))
-        flagged = abs(drift) > max(0.02 * idle, 3 * se)
+    levels = [w.level_w for w in windows if w.kind == "idle" and w.usable]
+    if not levels:
+        return {"power_w": float("nan"), "min_w": None, "max_w": None, "drift_w": None, "drift_flagged": False,
+                "windows": 0, "windows_disturbed": 0}
+    idle = statistics.median(levels)
+    drift = max(levels) - min(levels)
     return {
-        "power_w": idle, "before_w": before, "after_w": after, "before_ci95_w": before_ci,
-        "after_ci95_w": after_ci, "drift_w": drift if math.isfinite(drift) else None,
-        "drift_flagged": flagged, "windows": len(powers["before"]) + len(powers["after"]),
+        "power_w": idle, "min_w": min(levels), "max_w": max(levels), "drift_w": drift,
+        "drift_flagged": drift > 0.02 * idle, "windows": len(levels),
+        "windows_disturbed": sum(1 for w in windows if w.kind == "idle" and w.resolved and not w.usable),
     }
 
 
-def _se(values: List[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = math.fsum(values) / len(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
-
-
-def unit_result(schedule: Schedule, position: int, estimator: Estimator, idle_w: float) -> LayerResult:
+def unit_result(schedule: Schedule, position: int, peak_w: float) -> LayerResult:
     unit = schedule.units[position]
-    energy, dynamic, duration, samples = [], [], [], 0
+    energy, dynamic, calls, duration, wall, samples, disturbed = [], [], [], [], [], 0, 0
     for w in schedule.windows:
-        if w.unit != position or not w.resolved or w.dropped or w.kind == "idle":
+        if w.unit != position or not w.resolved:
             continue
-        total_j, dyn_j = estimator.window_energy(w.joules, w.t0, w.t1, idle_w, w.unattributed_s)
+        if not w.usable:
+            disturbed += 1
+            continue
+        total_j, dyn_j = schedule.energies(w)
         energy.append(total_j / w.calls)
         dynamic.append(dyn_j / w.calls)
-        duration.append((w.t1 - w.t0 - w.unattributed_s) / w.calls)
+        calls.append(w.calls)
+        duration.append(w.t1 - w.t0 - w.unattributed_s)
+        wall.append(w.t1 - w.t0)
         samples += w.samples
-    e, e_ci = mean_ci95(energy)
-    d, d_ci = mean_ci95(dynamic)
-    t = _finite_mean(duration)
+    e, e_ci = ratio_ci95([x * c for x, c in zip(energy, calls)], calls)
+    d, d_ci = ratio_ci95([x * c for x, c in zip(dynamic, calls)], calls)
+    t = math.fsum(duration) / sum(calls) if calls else float("nan")
     call = unit.call
     return LayerResult(
         index=call.index, label=call.label, module=call.module_path, op=call.op,
         calls_per_window=unit.calls, trials=len(energy), duration_s=t, energy_j=e, energy_ci95_j=e_ci,
         dynamic_energy_j=d, dynamic_energy_ci95_j=d_ci,
         power_w=e / t if t > 0 else float("nan"), dynamic_power_w=d / t if t > 0 else float("nan"),
-        samples=samples, trial_energy_j=energy, trial_dynamic_energy_j=dynamic,
+        samples=samples, windows_disturbed=disturbed,
+        flag=plausibility(e, e_ci, d, d_ci, math.fsum(wall) / sum(calls) if calls else float("nan"), peak_w,
+                          disturbed, len(energy)),
+        trial_energy_j=energy, trial_dynamic_energy_j=dynamic,
     )
 
 
-def build_result(model: str, schedule: Schedule, estimator: Estimator, meta: Dict[str, Any]) -> ProfileResult:
-    idle = idle_baseline(schedule.windows, estimator)
+def plausibility(energy_j: float, energy_ci: Optional[float], dynamic_j: float, dynamic_ci: Optional[float],
+                 wall_per_call_s: float, peak_w: float, disturbed: int, trials: int) -> str:
+    """Why a layer's figures cannot be right, or "" (they can).
+
+    A window's energy is at most the board's highest reading times its length:
+    the call's energy over its share of the window (``wall_per_call_s``, loop
+    and pauses included) may not exceed the peak reading by more than its CI.
+    """
+    reasons = []
+    if not trials:
+        return "no clean window (%d disturbed)" % disturbed if disturbed else "not measured"
+    if energy_j < 0:
+        reasons.append("negative total energy")
+    if dynamic_ci is not None and dynamic_j + dynamic_ci < 0:
+        reasons.append("dynamic energy below idle beyond its CI")
+    if math.isfinite(peak_w) and wall_per_call_s > 0 and \
+            (energy_j - (energy_ci or 0.0)) / wall_per_call_s > peak_w:
+        reasons.append("power above the board's peak reading (%.3g W)" % peak_w)
+    return "; ".join(reasons)
+
+
+def build_result(model: str, schedule: Schedule, meta: Dict[str, Any]) -> ProfileResult:
+    idle = idle_baseline(schedule.windows)
     idle_w = idle["power_w"]
+    peak_w = max((s.total_w for s in schedule.samples), default=float("nan"))
     layers, whole = [], None
     for position, unit in enumerate(schedule.units):
-        result = unit_result(schedule, position, estimator, idle_w)
+        result = unit_result(schedule, position, peak_w)
         if unit.whole_model:
             whole = result
         else:
@@ -172,7 +198,7 @@ def build_result(model: str, schedule: Schedule, estimator: Estimator, meta: Dic
     whole_dict = None
     if whole is not None:
         whole_dict = whole.to_dict()
-        measured = [layer for layer in layers if layer.trials]
+        measured = [layer for layer in layers if layer.trials and not layer.flag]
         sum_e = math.fsum(layer.energy_j for layer in measured) if measured else float("nan")
         sum_d = math.fsum(layer.dynamic_energy_j for layer in measured) if measured else float("nan")
         whole_dict.update({
@@ -181,7 +207,9 @@ def build_result(model: str, schedule: Schedule, estimator: Estimator, meta: Dic
             "coverage": sum_e / whole.energy_j if whole.trials and whole.energy_j else None,
             "dynamic_coverage": sum_d / whole.dynamic_energy_j if whole.trials and whole.dynamic_energy_j else None,
             "layers_measured": len(measured),
+            "layers_flagged": sum(1 for layer in layers if layer.flag),
         })
+    meta = dict(meta, peak_reading_w=peak_w if math.isfinite(peak_w) else None)
     return ProfileResult(
         model=model, layers=layers, whole_model=whole_dict, idle_power_w=idle_w, idle=idle, meta=meta,
         samples=list(schedule.samples), windows=list(schedule.windows),

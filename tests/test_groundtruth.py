@@ -7,8 +7,8 @@ import statistics
 import pytest
 import torch
 
-from bench.groundtruth import Burn, GroundTruthSensor, Timeline, build_model
 from bench.original_method import capture, profile_original
+from tests.support.groundtruth import Burn, GroundTruthSensor, Timeline, build_model, busy_background
 
 
 class Clock:
@@ -171,3 +171,25 @@ def test_original_method_is_sum_of_polled_samples_times_20_ms():
     assert first.samples >= 1
     assert first.energy_j == pytest.approx(first.samples * 0.02 * 3.0 / 100)  # constant 3 W, idle charged
     assert tl.truth("burn0", 3.0).calls == 102  # two capture passes + 100 repeats
+
+
+def test_background_drifts_and_bursts_with_an_exact_integral():
+    clock = Clock(100.0)
+    bg = busy_background(seed=3, clock=clock)
+    bursts = bg.bursts(100.0, 200.0)
+    assert 30 <= len(bursts) <= 100  # one every 1-3 s
+    for (s, e), (s2, _) in zip(bursts, bursts[1:]):
+        assert 0.2 <= e - s <= 0.6 and 1.0 <= s2 - s <= 3.0
+    # the integral matches a fine Riemann sum of the power
+    a, b, n = 110.0, 127.0, 170000
+    step = (b - a) / n
+    riemann = math.fsum(bg.power(a + (k + 0.5) * step) for k in range(n)) * step
+    assert bg.energy(a, b) == pytest.approx(riemann, abs=2 * 0.8 * step * len(bg.bursts(a, b)) + 1e-6)
+    drift = [bg.power(a + k * 0.01) for k in range(1700) if not any(s <= a + k * 0.01 < e for s, e in bursts)]
+    assert max(drift) == pytest.approx(0.4, abs=0.01) and min(drift) == pytest.approx(-0.4, abs=0.01)
+    # the sensor adds it to the board; the layers' truth does not see it
+    tl = Timeline(clock=clock)
+    sensor = quiet_sensor(tl, 1.0, background=bg)
+    clock.t = 131.0
+    assert sensor.read().total_watts == pytest.approx(3.0 + bg.energy(130.0, 131.0), abs=1e-12)
+    assert tl.truth("a", 3.0).dynamic_j == 0.0

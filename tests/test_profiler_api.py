@@ -14,6 +14,7 @@ from torch import nn
 
 from exporter.sources import Reading
 from profiler import ProfilerError, ProfileResult, profile
+from profiler.estimate import Estimator
 from profiler.measure import typical_busy_s
 
 
@@ -82,21 +83,24 @@ class Burn(nn.Module):
 
 
 @pytest.mark.slow
-def test_settled_estimator_recovers_the_true_dynamic_energy():
+@pytest.mark.parametrize("estimator", ["robust", "settled"])
+def test_estimators_recover_the_true_dynamic_energy(estimator):
     board = TrueBoard(idle_w=3.0)
     big, small = Burn(board, 2.0, 0.004), Burn(board, 0.5, 0.001)
     model = nn.Sequential(big, nn.Identity(), small).eval()
     # Default windows: 20 sensor updates, so a read that jitter moves across an update shifts a
     # fraction of a percent of the window's energy, not several percent as in a 5-update window.
     result = profile(model, torch.zeros(4), source=AveragingSensor(board, 0.02), trials=3, model_name="burn",
-                     seed=1)
-    assert result.meta["min_window_s"] == pytest.approx(0.4)
+                     seed=1, estimator=estimator)
+    est = Estimator(estimator, 0.02, result.meta["sample_period_s"])
+    assert result.meta["min_window_s"] == pytest.approx(est.default_min_window_s())
+    assert result.meta["min_window_s"] == pytest.approx(0.4) or estimator == "robust"
     assert result.complete
     assert [layer.label for layer in result.layers] == ["Burn_0", "Identity_1", "Burn_2"]
     assert result.idle_power_w == pytest.approx(3.0, rel=1e-6)
     truth = {}  # per call, from the board's own record of the windows that were kept
     for label in ("Burn_0", "Burn_2"):
-        kept = [w for w in result.windows if w.label == label and w.resolved and not w.dropped]
+        kept = [w for w in result.windows if w.label == label and w.usable]
         truth[label] = sum((board.energy(w.t0, w.t1) - 3.0 * (w.t1 - w.t0)) / w.calls for w in kept) / len(kept)
     assert truth["Burn_0"] > 2.0 * 0.004 * 0.99  # at least the commanded on-time at 2 W
     for layer in result.layers:

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from profiler.estimate import Estimator, mean_ci95, t_quantile_975
+from profiler.estimate import Estimator, ratio_ci95, t_quantile_975
 
 
 def sampled_step_integral(pulse, idle, extra, T, delta, phase, read_phase, a, b):
@@ -97,9 +97,13 @@ def test_student_t_and_confidence_interval():
     assert t_quantile_975(4) == pytest.approx(2.776)
     assert t_quantile_975(40) == pytest.approx(2.021, abs=1e-3)
     assert t_quantile_975(120) == pytest.approx(1.980, abs=1e-3)
-    mean, half = mean_ci95([1.0, 2.0, 3.0, 4.0, 5.0])
+    mean, half = ratio_ci95([1.0, 2.0, 3.0, 4.0, 5.0], [1] * 5)  # equal counts: the mean and its t interval
     assert mean == 3.0
     assert half == pytest.approx(2.776 * math.sqrt(2.5) / math.sqrt(5), rel=1e-4)
-    assert mean_ci95([2.0]) == (2.0, None)
-    assert math.isnan(mean_ci95([])[0])
-    assert mean_ci95([1.0, float("nan"), 3.0])[0] == 2.0
+    assert ratio_ci95([2.0], [1]) == (2.0, None)
+    assert math.isnan(ratio_ci95([], [])[0])
+    assert ratio_ci95([1.0, float("nan"), 3.0], [1, 1, 1])[0] == 2.0
+    # windows of 1 and 3 calls at exactly 2 J a call: sum over sum, no spread (a mean of ratios would agree
+    # here, but weighs a slow window's few calls as much as a fast one's many)
+    assert ratio_ci95([2.0, 6.0], [1, 3]) == (2.0, 0.0)
+    assert ratio_ci95([2.0, 9.0], [1, 3])[0] == pytest.approx(11.0 / 4)

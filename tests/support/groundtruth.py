@@ -14,6 +14,11 @@ real board can give.  So:
   start: the *mean* true power over the period just ended, plus Gaussian noise
   (``noise_rel`` x P + ``noise_abs_w``) and quantised to ``quantum_w``; reads in
   between return the held value.
+* :class:`Background` is what a busy board adds that belongs to no layer: an idle
+  that drifts (a sine of ``drift_w`` amplitude and ``drift_period_s``) and random
+  bursts (``burst_w`` for 0.2-0.6 s, starting every 1-3 s), both with exact
+  integrals, so the sensor's values stay exact means while the truth per layer
+  is unchanged.
 * The truth per call of a module comes from that module's own intervals only
   (warm-ups and whole-model passes included, they are calls like any other):
   dynamic = extra x active time / calls, total = (idle + extra) x active time / calls.
@@ -200,6 +205,71 @@ def build_model(timeline: Timeline, layers: Sequence[Tuple[float, float]] = DEFA
     return nn.Sequential(*[Burn(w, d, timeline, "burn%d" % n) for n, (w, d) in enumerate(layers)])
 
 
+class Background:
+    """Power of no layer: a drifting idle plus random bursts, with an exact integral (seeded, reproducible).
+
+    Drift: ``drift_w * sin(2 pi (t - origin) / drift_period_s + phase)``.  Bursts:
+    ``burst_w`` over [s, s + d], d uniform in ``burst_s``, the next start
+    uniform in ``gap_s`` after this one's start (never overlapping).
+    """
+
+    def __init__(self, seed: int = 0, drift_w: float = 0.4, drift_period_s: float = 17.0, burst_w: float = 0.8,
+                 burst_s: Tuple[float, float] = (0.2, 0.6), gap_s: Tuple[float, float] = (1.0, 3.0),
+                 clock: Callable[[], float] = now):
+        if burst_w and burst_s[1] >= gap_s[0]:
+            raise ValueError("bursts of up to %g s cannot start every %g s without overlapping"
+                             % (burst_s[1], gap_s[0]))
+        self.drift_w = drift_w
+        self.drift_period_s = drift_period_s
+        self.burst_w = burst_w
+        self.burst_s = burst_s
+        self.gap_s = gap_s
+        self._rng = random.Random(seed)
+        self.phase = self._rng.uniform(0.0, 2 * math.pi)
+        self.origin = clock()
+        self._lock = threading.Lock()
+        self._starts: List[float] = []
+        self._ends: List[float] = []
+        self._next = self.origin + self._rng.uniform(0.0, gap_s[1])
+
+    def _extend(self, t: float) -> None:
+        while self._next <= t:
+            start = self._next
+            self._starts.append(start)
+            self._ends.append(start + self._rng.uniform(*self.burst_s))
+            self._next = start + self._rng.uniform(*self.gap_s)
+
+    def bursts(self, a: float, b: float) -> List[Tuple[float, float]]:
+        """The bursts that overlap [a, b]."""
+        with self._lock:
+            self._extend(b)
+            first = bisect.bisect_right(self._ends, a)  # bursts never overlap: ends are sorted too
+            last = bisect.bisect_left(self._starts, b)
+            return list(zip(self._starts[first:last], self._ends[first:last]))
+
+    def _burst_seconds(self, a: float, b: float) -> float:
+        return math.fsum(min(e, b) - max(s, a) for s, e in self.bursts(a, b))
+
+    def _drift_integral(self, t: float) -> float:
+        w = 2 * math.pi / self.drift_period_s
+        return -self.drift_w / w * math.cos(w * (t - self.origin) + self.phase)
+
+    def energy(self, a: float, b: float) -> float:
+        """Exact joules over [a, b]."""
+        burst = self.burst_w * self._burst_seconds(a, b) if self.burst_w else 0.0
+        return self._drift_integral(b) - self._drift_integral(a) + burst
+
+    def power(self, t: float) -> float:
+        w = 2 * math.pi / self.drift_period_s
+        inside = any(s <= t < e for s, e in self.bursts(t, t)) if self.burst_w else False
+        return self.drift_w * math.sin(w * (t - self.origin) + self.phase) + (self.burst_w if inside else 0.0)
+
+
+def busy_background(seed: int, clock: Callable[[], float] = now) -> Background:
+    """The busy board of issue 10: idle drifting +/-0.4 W over ~17 s, 0.8 W bursts of 0.2-0.6 s every 1-3 s."""
+    return Background(seed=seed, clock=clock)
+
+
 class GroundTruthSensor(PowerSource):
     """A sample-and-hold monitor of the harness's true power (see the module docstring).
 
@@ -223,6 +293,7 @@ class GroundTruthSensor(PowerSource):
         quantum_w: float = QUANTUM_W,
         seed: int = 0,
         phase_s: Optional[float] = None,
+        background: Optional[Background] = None,
     ):
         if not period_s > 0:
             raise ValueError("period_s must be positive, got %r" % (period_s,))
@@ -236,6 +307,7 @@ class GroundTruthSensor(PowerSource):
         self.noise_abs_w = noise_abs_w
         self.quantum_w = quantum_w
         self.seed = seed
+        self.background = background
         if phase_s is None:
             phase_s = random.Random(seed).uniform(0.0, period_s)
         self.origin = self.clock() - phase_s  # update 0 is at origin; the first read sees a later one
@@ -245,9 +317,12 @@ class GroundTruthSensor(PowerSource):
         self.updates = 0  # distinct updates that were read
 
     def true_mean(self, start: float, end: float) -> float:
-        """Exact mean true power over [start, end]."""
+        """Exact mean true power over [start, end], background included."""
         tl = self.timeline
-        return self.idle_w + (tl.dynamic_energy(end) - tl.dynamic_energy(start)) / (end - start)
+        joules = tl.dynamic_energy(end) - tl.dynamic_energy(start)
+        if self.background is not None:
+            joules += self.background.energy(start, end)
+        return self.idle_w + joules / (end - start)
 
     def measure(self, watts: float, k: int) -> float:
         """What the monitor reports for a true mean ``watts`` at update ``k``."""
