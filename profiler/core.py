@@ -106,6 +106,10 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     try:
         est = Estimator(estimator, meter.update_interval_s, meter.sample_period_s)
         window_s = float(min_window_s) if min_window_s is not None else est.default_min_window_s()
+        if window_s < est.shortest_window_s():
+            warn("min_window_s %.3g s leaves no measurable core after the sensor's reach: using %.3g s"
+                 % (window_s, est.shortest_window_s()))
+            window_s = est.shortest_window_s()
         tensor = _first_tensor(example_input)
         device = tensor.device if tensor is not None else torch.device("cpu")
         push = LivePush(client if daemon else None, name, warn)

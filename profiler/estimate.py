@@ -151,6 +151,10 @@ class Estimator:
             return 3 * T + delta + 2 * self.margin_s + COOLDOWN_SLACK_S
         return T + delta + COOLDOWN_SLACK_S
 
+    def shortest_window_s(self) -> float:
+        """A robust window's core (what follows the sensor's reach) must hold at least one update."""
+        return self.lag_s + self.update_interval_s if self.method == "robust" else 0.0
+
     def default_min_window_s(self) -> float:
         if self.method == "robust":
             T = self.update_interval_s

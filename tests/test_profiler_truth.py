@@ -75,6 +75,18 @@ def test_bad_target_and_budget_raise_one_line_errors():
         assert "\n" not in str(info.value)
 
 
+def test_a_window_shorter_than_the_sensors_reach_is_lengthened_with_a_warning():
+    """A window whose core would be empty (the reach of a 20 ms sensor is longer than 20 ms) is never measured
+    as such: the profiler says so and measures windows long enough to hold one update after the reach."""
+    warnings = []
+    result = profile(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval(), torch.zeros(1, 8),
+                     source="sim", source_options={"interval_s": 0.02}, min_window_s=0.02, trials=1, seed=1,
+                     warn=warnings.append, progress=lambda *args: None)
+    assert any("leaves no measurable core" in w for w in warnings), warnings
+    assert result.meta["min_window_s"] > 0.02 * 3
+    assert all(layer.trials for layer in result.layers)
+
+
 # 16 layers: enough CIs for a coverage test with a binomial margin (below).
 LAYERS = [(w, d) for w in (0.5, 1.0, 2.0, 4.0) for d in (0.0005, 0.001, 0.002, 0.004)]
 
