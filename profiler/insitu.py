@@ -21,9 +21,11 @@ and again, with nothing replayed:
   layers) -- with the known overlaps as coefficients.
 * A robust least-squares fit (Huber, then Tukey's biweight: updates hit by
   background bursts that belong to no layer lose their weight) gives each
-  layer's energy; its 95 % CI comes from a heteroscedasticity-consistent
-  (HC3) covariance, widened for the residuals' serial correlation and for
-  the fitted grid's own uncertainty.
+  layer's energy; its 95 % CI comes from the M-estimator's sandwich
+  covariance (leverage-corrected, HC3-style), Newey-West over a second of
+  updates for the residuals' serial correlation (drift, bursts), and the
+  fitted grid's own uncertainty: the estimate is averaged over the grids
+  the reads allow, weighted by their likelihood, and their spread added.
 
 Per call, energy = (idle around the call + the layer's extra power) x its
 duration.  The layer rows and the framework row add up to the energy of an
@@ -432,13 +434,8 @@ class Fit:
         leverage = np.clip(np.einsum("ij,jk,ik->i", design, bread, design) * slope, 0.0, 0.99)
         scores = design * (psi / (1 - leverage))[:, None]
         white = scores.T @ scores
-        # neighbouring updates share drift and bursts: Newey-West, the scores' cross-products up to ``lags``
-        # updates apart with Bartlett weights (positive definite), so correlated updates count as fewer
-        meat = white.copy()
-        for lag in range(1, min(lags, len(scores) - 1) + 1):
-            gamma = scores[lag:].T @ scores[:-lag]
-            meat += (1 - lag / (lags + 1)) * (gamma + gamma.T)
-        self.cov = bread @ meat @ bread
+        # neighbouring updates share drift and bursts: Newey-West, so correlated updates count as fewer
+        self.cov = bread @ _bartlett(scores, lags) @ bread
         # a negative autocorrelation estimated from noise would narrow a CI: ``combo`` keeps the wider of the two
         self.cov_white = bread @ white @ bread
         plain = np.diag(self.cov_white)
@@ -496,6 +493,21 @@ class Fit:
 def _mad(r: np.ndarray) -> float:
     """Robust scale of residuals (normal-consistent median absolute deviation)."""
     return 1.4826 * float(np.median(np.abs(r - np.median(r)))) or float(np.std(r)) or 1e-12
+
+
+def _bartlett(scores: np.ndarray, lags: int) -> np.ndarray:
+    """Newey-West meat: the scores' cross-products up to ``lags`` rows apart, weighted 1 - lag / (lags + 1).
+
+    The triangle is two running sums of width lags + 1 in a row, so this costs
+    one product of the scores, not one per lag.
+    """
+    n, m = len(scores), min(max(lags, 0), len(scores) - 1) + 1
+    c = np.vstack([np.zeros((1, scores.shape[1])), np.cumsum(scores, axis=0)])
+    starts = np.arange(1 - m, n)
+    ahead = c[np.minimum(starts + m, n)] - c[np.maximum(starts, 0)]  # rows i .. i + m - 1, from i = 1 - m
+    c = np.vstack([np.zeros((1, scores.shape[1])), np.cumsum(ahead, axis=0)])
+    tri = c[m:] - c[:n]  # the sums starting at t - m + 1 .. t
+    return scores.T @ tri / m
 
 
 class Activity:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import profiler
-from profiler.insitu import FRAMEWORK, fit_grid, on_grid
+from profiler.insitu import FRAMEWORK, _bartlett, fit_grid, on_grid
 from tests.support.groundtruth import Timeline, build_model
 from tests.support.insitu_harness import run_insitu_harness
 from tests.test_profiler_cli import run_cli
@@ -47,6 +47,20 @@ def test_no_grid_from_a_source_that_changes_at_random():
     changes = np.sort(rng.uniform(0, 5, 700))
     values = np.searchsorted(changes, reads).astype(float)
     assert fit_grid(reads, values, 0.0066) is None
+
+
+def test_newey_west_meat_equals_its_sum_over_lags():
+    """The running-sum form of the Bartlett-weighted meat is the textbook sum, edges included."""
+    rng = np.random.RandomState(3)
+    scores = rng.normal(size=(200, 4))
+    scores[1:] += 0.6 * scores[:-1]  # serially correlated, as the residuals of a busy board
+    for lags in (0, 1, 9, 199, 400):
+        top = min(lags, len(scores) - 1)
+        expected = scores.T @ scores
+        for lag in range(1, top + 1):
+            gamma = scores[lag:].T @ scores[:-lag]
+            expected += (1 - lag / (top + 1)) * (gamma + gamma.T)
+        assert np.allclose(_bartlett(scores, lags), expected, rtol=1e-10, atol=1e-9)
 
 
 @pytest.fixture(scope="module")
