@@ -469,8 +469,11 @@ class Fit:
     def _solve(self, w: np.ndarray) -> np.ndarray:
         """Weighted least squares by the normal equations, columns scaled to unit norm (an SVD per
         reweighting round costs 50x more and the design is far from singular); SVD when it is."""
-        xw = self.X * w[:, None]
-        gram, rhs = xw.T @ self.X, xw.T @ self.y
+        xw = torch.from_numpy(self.X * w[:, None])
+        # torch's thread pool, the one the model ran with: numpy's BLAS spins its own threads, 30x slower
+        # than one thread on a board whose cores are busy
+        gram = (xw.T @ torch.from_numpy(self.X)).numpy()
+        rhs = (xw.T @ torch.from_numpy(self.y)).numpy()
         norm = np.sqrt(np.maximum(np.diag(gram), 1e-300))
         try:
             return np.linalg.solve(gram / np.outer(norm, norm), rhs / norm) / norm
