@@ -21,9 +21,11 @@ and again, with nothing replayed:
   layers) -- with the known overlaps as coefficients.
 * A robust least-squares fit (Huber, then Tukey's biweight: updates hit by
   background bursts that belong to no layer lose their weight) gives each
-  layer's energy; its 95 % CI comes from a heteroscedasticity-consistent
-  (HC3) covariance, widened for the residuals' serial correlation and for
-  the fitted grid's own uncertainty.
+  layer's energy; its 95 % CI comes from the M-estimator's sandwich
+  covariance (leverage-corrected, HC3-style), Newey-West over a second of
+  updates for the residuals' serial correlation (drift, bursts), and the
+  fitted grid's own uncertainty: the estimate is averaged over the grids
+  the reads allow, weighted by their likelihood, and their spread added.
 
 Per call, energy = (idle around the call + the layer's extra power) x its
 duration.  The layer rows and the framework row add up to the energy of an
@@ -55,6 +57,9 @@ WARMUP_S = 0.3
 GAP_SCALE = 0.5
 KNOT_UPDATES = 20  # the idle curve bends at most every this many updates...
 KNOT_MIN_S = 2.0  # ...and at most every this many seconds
+# residuals stay correlated this long (a background burst, the idle curve's misfit between knots): the
+# covariance counts updates this close together as partly the same (Newey-West)
+SERIAL_S = 1.0
 HUBER_K = 1.345
 TUKEY_C = 4.685
 FIT_ROUNDS = 20
@@ -63,7 +68,7 @@ PHASE_STEPS = 9  # sensor phases tried per refinement (see attribute)
 PHASE_ROUNDS = 2  # reweighting rounds while comparing phases
 SEARCH_GROUPS = 8  # runs of neighbouring layers in the model that compares candidate grids
 SEARCH_ROUNDS = 4  # grids of PHASE_STEPS per coordinate, each a quarter as wide (last step: 1/512 of the range)
-ALIGN_STEP = 0.005  # periods: the step either side of the fitted grid that measures its uncertainty
+ALIGN_POINTS = 16  # grids around the fitted one, within the reads' bounds, that its uncertainty is taken over
 GRID_SLACK = 0.1  # periods by which a change bracket may miss the grid before it counts as a read error
 GRID_MIN_FIT = 0.9  # no grid when fewer of the change brackets than this fit it
 FRAMEWORK = "framework"
@@ -326,6 +331,18 @@ def _search(loss: Callable[[float], float], first: float, last: float) -> float:
     return best
 
 
+def _around(best: float, first: float, last: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Points over [first, last], dense near ``best`` (halving steps out to either bound), and each one's share
+    of the range: a quadrature for a likelihood that may be far narrower than the range, or as wide."""
+    if not last > first:
+        return np.array([best]), np.array([1.0])
+    best = min(max(best, first), last)
+    steps = 2.0 ** -np.arange(ALIGN_POINTS // 2)
+    points = np.unique(np.concatenate([[best], best - (best - first) * steps, best + (last - best) * steps]))
+    edges = np.concatenate([[points[0]], (points[1:] + points[:-1]) / 2, [points[-1]]])
+    return points, np.maximum(np.diff(edges), 1e-300)
+
+
 def on_grid(times: np.ndarray, values: np.ndarray, period: float, origin: float) -> Tuple[np.ndarray, np.ndarray]:
     """(end instant, value) of every distinct update seen; update k covers (u_k - period, u_k].
 
@@ -375,7 +392,8 @@ class Fit:
     bursts that belong to no layer, get no weight at all).
     """
 
-    def __init__(self, design: np.ndarray, y: np.ndarray, rounds: int = FIT_ROUNDS, covariance: bool = True):
+    def __init__(self, design: np.ndarray, y: np.ndarray, rounds: int = FIT_ROUNDS, covariance: bool = True,
+                 lags: int = 0):
         self.X, self.y = design, y
         n, p = design.shape
         if n <= p + 2:
@@ -397,6 +415,7 @@ class Fit:
             if settled:
                 break
         self.beta, self.weights = beta, w
+        self.fitted = beta  # the fit's own estimate; ``marginalise`` moves ``beta``
         r = y - design @ beta
         self.residuals = r
         if rounds == 0:
@@ -406,24 +425,61 @@ class Fit:
         self.dof = max(self.used - p, 1)
         if not covariance:  # a candidate grid is compared by its loss alone
             return
-        # HC3 sandwich: the updates that tell layers apart are few and high-leverage, and a plain sandwich
-        # (or s^2 (X'WX)^-1) understates what their noise does to the estimate
-        bread = np.linalg.pinv((design * w[:, None]).T @ design)
-        leverage = np.minimum(np.einsum("ij,jk,ik->i", design, bread, design) * w, 0.99)
-        scores = design * (w * r / (1 - leverage))[:, None]
-        cov = bread @ (scores.T @ scores) @ bread
-        # neighbouring updates share drift and bursts: widen by the lag-1 autocorrelation's variance factor
-        wr = (w * r)[used]
-        rho = 0.0
-        if len(wr) > 3 and float(np.dot(wr, wr)) > 0:
-            rho = float(np.dot(wr[1:], wr[:-1]) / np.dot(wr, wr))
-        rho = min(max(rho, 0.0), 0.9)
-        self.inflation = (1 + rho) / (1 - rho)
-        self.cov = cov * self.inflation
+        # M-estimator sandwich, HC3-style: the bread from the slope of the final round's influence function
+        # (a weight held fixed would hide that updates near the rejection edge move the fit), the meat from
+        # the influence itself, each update's inflated by its leverage: the updates that tell layers apart
+        # are few and high-leverage, and a plain sandwich understates what their noise does to the estimate
+        psi, slope = self._influence(r)
+        bread = np.linalg.pinv((design * slope[:, None]).T @ design)
+        leverage = np.clip(np.einsum("ij,jk,ik->i", design, bread, design) * slope, 0.0, 0.99)
+        scores = design * (psi / (1 - leverage))[:, None]
+        white = scores.T @ scores
+        # neighbouring updates share drift and bursts: Newey-West, so correlated updates count as fewer
+        self.cov = bread @ _bartlett(scores, lags) @ bread
+        # a negative autocorrelation estimated from noise would narrow a CI: ``combo`` keeps the wider of the two
+        self.cov_white = bread @ white @ bread
+        plain = np.diag(self.cov_white)
+        self.inflation = float(np.median(np.diag(self.cov)[plain > 0] / plain[plain > 0])) if np.any(plain > 0) else 1.0
+
+    def marginalise(self, others: List["Fit"], cells: np.ndarray) -> None:
+        """Average over alternative fits of the same unknowns (other sensor grids), weighted by likelihood.
+
+        ``cells``: each fit's share of the range its grids cover.  Deviance
+        from the Huber loss at this fit's scale, divided by the serial
+        inflation (correlated updates say less than their count); the estimate
+        moves to the weighted mean and the weighted spread joins ``cov``.
+        """
+        n = len(self.y)
+        dev = np.array([n * HUBER_K ** 2 * o.loss(self.scale) for o in others]) / max(self.inflation, 1.0)
+        w = np.exp(-(dev - dev.min()) / 2) * cells
+        w /= w.sum()
+        betas = np.array([o.beta for o in others])
+        mean = w @ betas
+        spread = betas - mean
+        between = (spread * w[:, None]).T @ spread
+        self.cov, self.cov_white = self.cov + between, self.cov_white + between
+        self.beta = self.beta + (mean - self.fitted)
+
+    def _influence(self, r: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Tukey's psi(r) at the final scale and its slope (the covariance is the biweight fit's)."""
+        u = r / (TUKEY_C * self.scale)
+        inside = np.abs(u) < 1
+        return np.where(inside, r * (1 - u ** 2) ** 2, 0.0), np.where(inside, (1 - u ** 2) * (1 - 5 * u ** 2), 0.0)
 
     def _solve(self, w: np.ndarray) -> np.ndarray:
-        sw = np.sqrt(w)
-        return np.linalg.lstsq(self.X * sw[:, None], self.y * sw, rcond=None)[0]
+        """Weighted least squares by the normal equations, columns scaled to unit norm (an SVD per
+        reweighting round costs 50x more and the design is far from singular); SVD when it is."""
+        xw = torch.from_numpy(self.X * w[:, None])
+        # torch's thread pool, the one the model ran with: numpy's BLAS spins its own threads, 30x slower
+        # than one thread on a board whose cores are busy
+        gram = (xw.T @ torch.from_numpy(self.X)).numpy()
+        rhs = (xw.T @ torch.from_numpy(self.y)).numpy()
+        norm = np.sqrt(np.maximum(np.diag(gram), 1e-300))
+        try:
+            return np.linalg.solve(gram / np.outer(norm, norm), rhs / norm) / norm
+        except np.linalg.LinAlgError:
+            sw = np.sqrt(w)
+            return np.linalg.lstsq(self.X * sw[:, None], self.y * sw, rcond=None)[0]
 
     def loss(self, scale: float) -> float:
         """Mean Huber loss of the residuals at a fixed scale: how well this model explains the updates."""
@@ -433,13 +489,28 @@ class Fit:
     def combo(self, g: np.ndarray) -> Tuple[float, float]:
         """Estimate and 95 % CI half-width of the linear combination g . beta."""
         value = float(g @ self.beta)
-        var = float(g @ self.cov @ g)
+        var = max(float(g @ self.cov @ g), float(g @ self.cov_white @ g))
         return value, t_quantile_975(self.dof) * math.sqrt(max(var, 0.0))
 
 
 def _mad(r: np.ndarray) -> float:
     """Robust scale of residuals (normal-consistent median absolute deviation)."""
     return 1.4826 * float(np.median(np.abs(r - np.median(r)))) or float(np.std(r)) or 1e-12
+
+
+def _bartlett(scores: np.ndarray, lags: int) -> np.ndarray:
+    """Newey-West meat: the scores' cross-products up to ``lags`` rows apart, weighted 1 - lag / (lags + 1).
+
+    The triangle is two running sums of width lags + 1 in a row, so this costs
+    one product of the scores, not one per lag.
+    """
+    n, m = len(scores), min(max(lags, 0), len(scores) - 1) + 1
+    c = np.vstack([np.zeros((1, scores.shape[1])), np.cumsum(scores, axis=0)])
+    starts = np.arange(1 - m, n)
+    ahead = c[np.minimum(starts + m, n)] - c[np.maximum(starts, 0)]  # rows i .. i + m - 1, from i = 1 - m
+    c = np.vstack([np.zeros((1, scores.shape[1])), np.cumsum(ahead, axis=0)])
+    tri = c[m:] - c[:n]  # the sums starting at t - m + 1 .. t
+    return scores.T @ tri / m
 
 
 class Activity:
@@ -489,19 +560,21 @@ def attribute(insitu: "InSitu") -> Dict[str, Any]:
     grid = fit_grid(times, values, insitu.period_s) if len(times) > 2 and insitu.period_s else None
     if grid is None:  # each read describes the time since the previous one, as the sampler charges it
         design, keep = _design(insitu, activity, knots, times[:-1], times[1:])
-        fit, how = Fit(design, values[1:][keep]), "reads"
+        lags = int(math.ceil(SERIAL_S / max(float(np.median(np.diff(times))), 1e-6)))
+        fit, how = Fit(design, values[1:][keep], lags=lags), "reads"
     else:
 
         # candidate grids are compared on a coarser model, the layers summed into a few runs of neighbours:
         # the alignment shows in the big steps of power, and the full model's fit is costly on large models
         groups = np.array_split(np.arange(n_calls), min(n_calls, SEARCH_GROUPS))
 
-        def fit_at(centre: float, period: float, rounds: int = PHASE_ROUNDS, coarse: bool = True) -> "Fit":
+        def fit_at(centre: float, period: float, rounds: int = PHASE_ROUNDS, coarse: bool = True,
+                   covariance: bool = False) -> "Fit":
             ends, vals = on_grid(times, values, period, grid.origin(centre, period))
             design, keep = _design(insitu, activity, knots, ends - period, ends)
             if coarse:
                 design = np.column_stack([design[:, g].sum(axis=1) for g in groups] + [design[:, n_calls:]])
-            return Fit(design, vals[keep], rounds, covariance=rounds == FIT_ROUNDS)
+            return Fit(design, vals[keep], rounds, covariance, lags=int(math.ceil(SERIAL_S / period)))
 
         # the grid within the reads' bounds that explains the updates best (a profile likelihood), searched
         # one coordinate at a time: the centre at a fixed period, then the period about that centre
@@ -517,20 +590,16 @@ def attribute(insitu: "InSitu") -> Dict[str, Any]:
             if not low <= period <= high:
                 low = high = period
             period = _search(lambda p, c=centre: fit_at(c, p).loss(scale), low, high)
-        fit = fit_at(centre, period, FIT_ROUNDS, coarse=False)
-        # the grid is an estimate too: a misplaced edge moves energy between neighbouring layers.  Its variance
-        # comes from the loss's curvature (a profile likelihood), its effect from fits a small step either side
-        step_c = ALIGN_STEP * period
-        step_p = step_c / max(float(np.max(np.abs(grid.d))), 1.0)
-        here = fit_at(centre, period, coarse=False)
-        widen = np.zeros_like(fit.cov)
-        for dc, dp in ((step_c, 0.0), (0.0, step_p)):
-            below, above = (fit_at(centre + sign * dc, period + sign * dp, coarse=False) for sign in (-1, 1))
-            curvature = below.loss(here.scale) - 2 * here.loss(here.scale) + above.loss(here.scale)  # per step^2
-            if curvature > 0:
-                slope = (above.beta - below.beta) / 2
-                widen += np.outer(slope, slope) / (0.5 * here.used * HUBER_K ** 2 * curvature)
-        fit.cov = fit.cov + widen
+        fit = fit_at(centre, period, FIT_ROUNDS, coarse=False, covariance=True)
+        # the grid is an estimate too: a misplaced edge moves energy between neighbouring layers.  So the
+        # estimate is averaged over the grids the reads allow, each weighted by its profile likelihood, and
+        # the spread between them joins the covariance (a flat or two-humped likelihood widens the CI)
+        lo_c, hi_c = grid.centres(period)
+        lo_p, hi_p = grid.periods(centre)
+        centres, c_cells = _around(centre, lo_c, hi_c)
+        periods, p_cells = _around(period, lo_p, hi_p)
+        fit.marginalise([fit_at(c, period, FIT_ROUNDS, coarse=False) for c in centres], c_cells)
+        fit.marginalise([fit_at(centre, q, FIT_ROUNDS, coarse=False) for q in periods], p_cells)
         how = "grid %.7f s, bounded by the reads to %.2f ms" % (period, 1e3 * max(last - first, 0.0))
     p = fit.X.shape[1]
     k0 = n_calls + 1  # first idle coefficient

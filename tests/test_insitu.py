@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 import profiler
-from profiler.insitu import FRAMEWORK, fit_grid, on_grid
+from profiler.insitu import FRAMEWORK, _bartlett, fit_grid, on_grid
 from tests.support.groundtruth import Timeline, build_model
 from tests.support.insitu_harness import run_insitu_harness
 from tests.test_profiler_cli import run_cli
+from tests.test_profiler_truth import LAYERS, binomial_floor
 
 PERIOD_S = 0.0066
 
@@ -46,6 +47,20 @@ def test_no_grid_from_a_source_that_changes_at_random():
     changes = np.sort(rng.uniform(0, 5, 700))
     values = np.searchsorted(changes, reads).astype(float)
     assert fit_grid(reads, values, 0.0066) is None
+
+
+def test_newey_west_meat_equals_its_sum_over_lags():
+    """The running-sum form of the Bartlett-weighted meat is the textbook sum, edges included."""
+    rng = np.random.RandomState(3)
+    scores = rng.normal(size=(200, 4))
+    scores[1:] += 0.6 * scores[:-1]  # serially correlated, as the residuals of a busy board
+    for lags in (0, 1, 9, 199, 400):
+        top = min(lags, len(scores) - 1)
+        expected = scores.T @ scores
+        for lag in range(1, top + 1):
+            gamma = scores[lag:].T @ scores[:-lag]
+            expected += (1 - lag / (top + 1)) * (gamma + gamma.T)
+        assert np.allclose(_bartlett(scores, lags), expected, rtol=1e-10, atol=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +99,24 @@ def test_rows_add_up_to_the_whole_model(quiet_run):
     assert whole["dynamic_energy_j"] == pytest.approx(math.fsum(c.dynamic_j for c in checks),
                                                       abs=2 * whole["dynamic_energy_ci95_j"])
     assert result.idle_power_w == pytest.approx(3.0, abs=2 * result.idle["power_ci95_w"] + 0.002)
+
+
+def test_busy_board_cis_hold_the_truth():
+    """A drifting idle and 0.8 W bursts of no layer: each layer's 95 % CI of dynamic energy holds the truth.
+
+    Nominal coverage is 95 %; the issue asks for >= 90 %.  Fewer than
+    ``binomial_floor(16, 0.9, 0.001)`` of 16 CIs holding would happen less
+    than once in a thousand runs if they really covered 90 %.
+    """
+    torch.set_num_threads(1)
+    result, checks = run_insitu_harness(PERIOD_S, seed=7, insitu_s=12.0, busy=True, layers=LAYERS)
+    assert result.meta["complete"] and result.meta["update_intervals"].startswith("grid")
+    hits = sum(bool(c.ci_contains) for c in checks)
+    assert hits >= binomial_floor(len(checks), 0.9, 0.001), [
+        "%s %+.1f %% +/- %.1f %%" % (c.label, 100 * c.dynamic_err, 100 * c.est_dynamic_ci95_j / c.dynamic_j)
+        for c in checks]
+    # informative, not wide enough to contain anything: the biggest layers are pinned to a few %
+    assert sorted(c.est_dynamic_ci95_j / c.dynamic_j for c in checks)[len(checks) // 2] < 0.2
 
 
 def test_both_puts_in_situ_next_to_isolated(tmp_path):
