@@ -12,10 +12,9 @@ from torch import nn
 
 import profiler
 from profiler.insitu import FRAMEWORK, _bartlett, fit_grid, on_grid
-from tests.support.groundtruth import Timeline, build_model
+from tests.support.groundtruth import LAYERS, Timeline, binomial_floor, build_model
 from tests.support.insitu_harness import run_insitu_harness
-from tests.test_profiler_cli import run_cli
-from tests.test_profiler_truth import LAYERS, binomial_floor
+from tests.support.profiler_cli import run_cli
 
 PERIOD_S = 0.0066
 
@@ -65,7 +64,13 @@ def test_newey_west_meat_equals_its_sum_over_lags():
 
 @pytest.fixture(scope="module")
 def quiet_run():
-    return run_insitu_harness(PERIOD_S, seed=5, insitu_s=8.0)
+    """A run whose sensor grid was found: a sampler starved by the machine's other load may not see the
+    updates (the result then says ``update_intervals: reads``), so such a run is repeated, up to three."""
+    for seed in (5, 6, 7):
+        run = run_insitu_harness(PERIOD_S, seed=seed, insitu_s=8.0)
+        if run[0].meta["update_intervals"].startswith("grid"):
+            break
+    return run
 
 
 def test_recovers_known_layer_energies_within_its_own_ci(quiet_run):

@@ -14,21 +14,11 @@ import pytest
 from exporter.sources.replay import load_trace
 from tests.support.daemon import ROOT, Daemon, free_port
 from tests.support.models import write_tiny_model
+from tests.support.profiler_cli import env, run_cli
 
 FAST = ["--weights", "none", "--input-shape", "1,3,32,32", "--source", "sim", "--min-window-s", "0.05",
         "--trials", "2", "--seed", "1"]
 SUFFIXES = ("energy_full.csv", "summary.csv", "summary.json", "energy_plot.png")
-
-
-def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
-    return e
-
-
-def run_cli(*args, cwd=ROOT, timeout=180):
-    return subprocess.run([sys.executable, "-m", "profiler"] + list(args), cwd=cwd, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def outputs(out_dir, model):
@@ -56,10 +46,14 @@ def test_vgg11_end_to_end(tmp_path):
     assert meta["input_shape"] == [1, 3, 32, 32] and meta["dtype"] == "float32" and meta["device"] == "cpu"
     assert meta["torch_version"] and meta["estimator"] == "robust"
     assert 0.5 < data["idle_power_w"] < 10  # the simulated Nano idles near 1.3 W, tops out near 7 W
-    for layer in layers:
+    # the simulated board follows this machine's load: a layer whose every window a neighbouring process
+    # disturbed is flagged (checked below) instead of measured
+    measured = [layer for layer in layers if not layer["flag"]]
+    assert measured
+    for layer in measured:
         assert layer["duration_s"] > 0 and layer["calls_per_window"] >= 1 and layer["trials"] >= 1
         assert layer["samples"] > 0
-    powers = sorted(layer["power_w"] for layer in layers)
+    powers = sorted(layer["power_w"] for layer in measured)
     assert 0.5 < powers[len(powers) // 2] < 20
     whole = data["whole_model"]
     assert whole["energy_j"] > 0 and whole["coverage"] > 0

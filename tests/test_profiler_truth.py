@@ -10,7 +10,7 @@ from profiler import ProfilerError, profile
 from profiler.estimate import BLOCK_K, UpdateGrid, core_blocks, idle_level, robust_level, update_values
 from profiler.measure import Window, _fit
 from profiler.result import plausibility
-from tests.support.groundtruth import GroundTruthSensor, Timeline, build_model, busy_background
+from tests.support.groundtruth import LAYERS, GroundTruthSensor, Timeline, binomial_floor, build_model, busy_background
 
 
 def test_a_burst_is_left_out_with_its_edges_but_a_stall_stays():
@@ -85,21 +85,6 @@ def test_a_window_shorter_than_the_sensors_reach_is_lengthened_with_a_warning():
     assert any("leaves no measurable core" in w for w in warnings), warnings
     assert result.meta["min_window_s"] > 0.02 * 3
     assert all(layer.trials for layer in result.layers)
-
-
-# 16 layers: enough CIs for a coverage test with a binomial margin (below).
-LAYERS = [(w, d) for w in (0.5, 1.0, 2.0, 4.0) for d in (0.0005, 0.001, 0.002, 0.004)]
-
-
-def binomial_floor(n: int, p: float, alpha: float) -> int:
-    """Largest k with P(X < k) <= alpha for X ~ Binomial(n, p): fewer hits than k refutes coverage p."""
-    below, k = 0.0, 0
-    while True:
-        term = math.comb(n, k) * p ** k * (1 - p) ** (n - k)
-        if below + term > alpha:
-            return k
-        below += term
-        k += 1
 
 
 def test_busy_board_cis_hold_the_truth_and_no_figure_is_dishonest():

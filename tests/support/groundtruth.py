@@ -352,3 +352,18 @@ class GroundTruthSensor(PowerSource):
         info = super().describe()
         info.update(idle_w="%g" % self.idle_w, noise="%g %% + %g W" % (100 * self.noise_rel, self.noise_abs_w))
         return info
+
+
+# 16 layers: enough CIs for a coverage test with a binomial margin (below).
+LAYERS = [(w, d) for w in (0.5, 1.0, 2.0, 4.0) for d in (0.0005, 0.001, 0.002, 0.004)]
+
+
+def binomial_floor(n: int, p: float, alpha: float) -> int:
+    """Largest k with P(X < k) <= alpha for X ~ Binomial(n, p): fewer hits than k refutes coverage p."""
+    below, k = 0.0, 0
+    while True:
+        term = math.comb(n, k) * p ** k * (1 - p) ** (n - k)
+        if below + term > alpha:
+            return k
+        below += term
+        k += 1
