@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from .board import jetson_clocks_state, nvpmodel_mode
+from .board import cpu_governor, jetson_clocks_state, nvpmodel_query
 from .capture import LayerCall, as_call, capture, detached, op_name, parse_granularity
 from .client import DaemonClient
 from .errors import ProfilerError
@@ -146,6 +146,13 @@ def batch_size(tensor: Optional[torch.Tensor]) -> int:
     return int(tensor.shape[0]) if tensor is not None and tensor.dim() else 1
 
 
+def _board_meta() -> Dict[str, Any]:
+    """The board's performance settings while it measured: power mode (name and id), jetson_clocks, governor."""
+    mode = nvpmodel_query()
+    return {"nvpmodel": mode[1] if mode else None, "nvpmodel_id": mode[0] if mode else None,
+            "jetson_clocks": jetson_clocks_state(), "cpu_governor": cpu_governor()}
+
+
 def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, granularity: str,
           tensor: Optional[torch.Tensor], schedule: Schedule, started: float) -> Dict[str, Any]:
     info = meter.info
@@ -171,8 +178,7 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
         "target_ci": getattr(schedule, "target_ci", None),
         "budget_s": getattr(schedule, "budget_s", None),
         "budget_hit": getattr(schedule, "budget_hit", False),
-        "nvpmodel": nvpmodel_mode(),
-        "jetson_clocks": jetson_clocks_state(),
+        **_board_meta(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "host": platform.node(),
