@@ -93,14 +93,12 @@ def read_conf(path: Optional[str] = None) -> Tuple[Dict[int, PowerMode], Optiona
     return modes, default
 
 
-def parse_modes(spec: str, modes: Dict[int, PowerMode], found: int) -> List[int]:
-    """``all`` or a comma-separated list of mode ids, checked against the conf and for reboots.
-
-    With ``all``, modes that need a reboot are left out (``skipped`` reasons via :func:`reboot_reason`);
-    naming one is an error.
-    """
+def select_modes(spec: str, modes: Dict[int, PowerMode], found: int) -> Tuple[List[int], List[str]]:
+    """The mode ids ``spec`` names (``all`` or ids like ``0,2``), checked against the conf, and the reasons
+    modes were left out: with ``all`` a mode that needs a reboot is left out, naming one is an error."""
     if spec.strip().lower() == "all":
-        return sorted(modes)
+        reasons = {mode: reboot_reason(modes, found, mode) for mode in sorted(modes)}
+        return [m for m, reason in reasons.items() if not reason], [r for r in reasons.values() if r]
     wanted = []
     for item in spec.split(","):
         item = item.strip()
@@ -114,7 +112,7 @@ def parse_modes(spec: str, modes: Dict[int, PowerMode], found: int) -> List[int]
             raise ProfilerError(reason)
         if int(item) not in wanted:
             wanted.append(int(item))
-    return wanted
+    return wanted, []
 
 
 def reboot_reason(modes: Dict[int, PowerMode], found: int, target: int) -> str:
@@ -428,15 +426,12 @@ def sweep_power_modes(model: Any, example_input: Any, *, modes: Any = "all", jet
     found = nvpmodel_query()
     if found is None:
         raise ProfilerError("nvpmodel -q reports no power mode: is this a Jetson with nvpmodel?")
-    if isinstance(modes, str):
-        ids = parse_modes(modes, conf, found[0])
-    else:
-        ids = parse_modes(",".join(str(int(m)) for m in modes), conf, found[0])
-    for mode in list(ids):
-        reason = reboot_reason(conf, found[0], mode)
-        if reason:
-            notice("skipped: " + reason)
-            ids.remove(mode)
+    ids, skipped = select_modes(modes if isinstance(modes, str) else ",".join(str(int(m)) for m in modes),
+                                conf, found[0])
+    for reason in skipped:
+        notice("skipped: " + reason)
+    if not ids:
+        raise ProfilerError("no power mode left to profile (%s)" % "; ".join(skipped))
     steps = plan(ids, jetson_clocks)
     board = BoardState(state_file)
     if board.load() is not None:
