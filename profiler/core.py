@@ -18,6 +18,7 @@ from .measure import Schedule, Unit
 from .meter import open_meter
 from .models import safe_name
 from .push import LivePush
+from .report import power_mode
 from .result import ProfileResult, build_result
 
 
@@ -138,6 +139,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
             result.meta["method"] = "both"
             result.comparison = compare(isolated, result)
     push.results(result.layers)
+    push.inference(result.inference, power_mode(result.meta))
     return result
 
 
