@@ -216,3 +216,31 @@ def test_rebatch_cycles_the_example_samples_along_the_first_dimension():
     assert rebatch(x, 2).tolist() == [[0, 1], [2, 3]]
     nested = rebatch({"a": (x, torch.tensor(7.0)), "b": "keep"}, 4)
     assert nested["a"][0].shape == (4, 2) and nested["a"][1].item() == 7.0 and nested["b"] == "keep"
+
+
+class StopAtBatch(nn.Module):
+    """Ctrl-C (KeyboardInterrupt) on the ``after``-th call with a batch of ``size``."""
+
+    def __init__(self, size, after):
+        super().__init__()
+        self.size, self.after, self.calls = size, after, 0
+
+    def forward(self, x):
+        if x.shape[0] == self.size:
+            self.calls += 1
+            if self.calls == self.after:
+                raise KeyboardInterrupt
+        return x * 2
+
+
+def test_ctrl_c_in_the_sweep_keeps_the_profile_and_marks_it_incomplete(tmp_path):
+    model = nn.Sequential(StopAtBatch(4, after=3)).eval()  # the check's call, a warm-up call, then Ctrl-C
+    result = profile(model, torch.zeros(1, 8), source="sim", min_window_s=0.05, trials=2, seed=1,
+                     batch_sizes=[4, 2], warn=pytest.fail)
+    assert not result.complete and result.meta["stopped_by"] == "interrupted"
+    assert result.inference is not None and result.layers[0].trials >= 1, "the profile before the sweep is kept"
+    assert result.batch_sizes == [], "the sweep stopped while calibrating: no size was measured"
+    assert "  not measured: batch 4, 2" in result.console_summary()
+    paths = result.write_all(str(tmp_path))
+    with open(paths["batch_sizes_csv"]) as fh:
+        assert len(fh.read().splitlines()) == 1
