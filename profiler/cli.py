@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "/var/lib/jetson-power-exporter/sweep-state.json)")
     p.add_argument("--restore", action="store_true",
                    help="return the board to the mode and clocks a crashed sweep found it in, then exit")
+    p.add_argument("--batch-sizes", metavar="N,N,...", default=None,
+                   help="also measure the whole model at each of these batch sizes (e.g. 1,2,4,8): energy per "
+                        "inference and per sample against batch size, in <model>_batch_sizes.csv")
     p.add_argument("--out", default="results", help="output directory (default results/)")
     return p
 
@@ -132,8 +135,10 @@ def _run(args) -> int:
         require_root("--power-modes" if args.power_modes is not None else "--jetson-clocks")
         if args.settle_s is not None and not args.settle_s >= 0:
             raise ProfilerError("--settle-s must be zero or more seconds")
+    from .batch import parse_batch_sizes
     from .report import check_writable
 
+    sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes is not None else None
     check_writable(args.out)
 
     import torch
@@ -160,7 +165,7 @@ def _run(args) -> int:
                     trials=args.trials, granularity=args.granularity, estimator=args.estimator, model_name=name,
                     target_ci=args.target_ci, budget_s=args.budget_s,
                     seed=args.seed, progress=bar, warn=_stderr, source_options=options,
-                    method=args.method, insitu_s=args.insitu_s)
+                    method=args.method, insitu_s=args.insitu_s, batch_sizes=sizes)
     try:
         if sweep:
             return _sweep(args, model, example, settings)
