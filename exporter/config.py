@@ -91,6 +91,8 @@ SETTINGS: Dict[str, Tuple[Any, Callable[[Any], Any], str]] = {
     "max_models": (5, _positive_int, "models whose layer series are kept (least recently updated evicted)"),
     "max_layers": (1000, _positive_int, "layers per model accepted by the write API"),
     "active_layer_timeout": (300.0, _positive_float, "seconds after which an unended active layer expires"),
+    "calibration": (None, _optional_str, "YAML file of per-rail gain and offset_w against a reference meter "
+                                         "(jetson-power-calibrate writes one)"),
 }
 
 
