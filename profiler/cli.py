@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="auto", help="power source spec for in-process sampling (default auto)")
     p.add_argument("--sensor-interval-s", type=float, default=None,
                    help="requested sensor update interval, for sources that accept one")
+    p.add_argument("--calibration", metavar="FILE", default=None,
+                   help="calibration YAML (jetson-power-calibrate) for in-process sampling; a daemon applies its own")
     p.add_argument("--exporter", metavar="URL", default=None,
                    help="running jetson-power-exporter: read windows from it and push live progress")
     p.add_argument("--token-file", metavar="FILE", default=None,
@@ -165,7 +167,7 @@ def _run(args) -> int:
                     trials=args.trials, granularity=args.granularity, estimator=args.estimator, model_name=name,
                     target_ci=args.target_ci, budget_s=args.budget_s,
                     seed=args.seed, progress=bar, warn=_stderr, source_options=options,
-                    method=args.method, insitu_s=args.insitu_s, batch_sizes=sizes)
+                    method=args.method, insitu_s=args.insitu_s, batch_sizes=sizes, calibration=args.calibration)
     try:
         if sweep:
             return _sweep(args, model, example, settings)
