@@ -42,7 +42,7 @@ import torch
 
 from .capture import LayerCall, call_model
 from .errors import ProfilerError
-from .estimate import t_quantile_975
+from .estimate import difference_ci95, t_quantile_975
 from .measure import Window
 from .meter import MeterError, RawSample
 from .result import LayerResult, ProfileResult
@@ -714,9 +714,7 @@ COMPARE_COLUMNS = (
 
 def _apart(a: float, a_ci: Optional[float], b: float, b_ci: Optional[float]) -> bool:
     """True when the difference exceeds its own 95 % CI (the two CIs in quadrature)."""
-    if a_ci is None or b_ci is None or not all(math.isfinite(v) for v in (a, b, a_ci, b_ci)):
-        return False
-    return abs(a - b) > math.hypot(a_ci, b_ci)
+    return difference_ci95(a, a_ci, b, b_ci)[2]
 
 
 def compare(isolated: ProfileResult, insitu: ProfileResult) -> List[Dict[str, Any]]:
