@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "layer; both: in-situ next to isolated (default isolate; see profiler/insitu.py)")
     p.add_argument("--insitu-s", type=float, default=None,
                    help="length of the in-situ run in seconds (default from the sensor's update interval)")
+    p.add_argument("--batch-sizes", metavar="N,N,...", default=None,
+                   help="also measure the whole model at each of these batch sizes (e.g. 1,2,4,8): energy per "
+                        "inference and per sample against batch size, in <model>_batch_sizes.csv")
     p.add_argument("--out", default="results", help="output directory (default results/)")
     return p
 
@@ -143,8 +146,10 @@ def _run(args) -> int:
         raise ProfilerError("--budget-s must be a positive number of seconds")
     if args.insitu_s is not None and not args.insitu_s > 0:
         raise ProfilerError("--insitu-s must be positive")
+    from .batch import parse_batch_sizes
     from .report import check_writable
 
+    sizes = parse_batch_sizes(args.batch_sizes) if args.batch_sizes is not None else None
     check_writable(args.out)
 
     import torch
@@ -173,7 +178,7 @@ def _run(args) -> int:
             trials=args.trials, granularity=args.granularity, estimator=args.estimator, model_name=name,
             target_ci=args.target_ci, budget_s=args.budget_s,
             seed=args.seed, progress=bar, warn=_stderr, source_options=options,
-            method=args.method, insitu_s=args.insitu_s,
+            method=args.method, insitu_s=args.insitu_s, batch_sizes=sizes,
         )
     except InputRejected as exc:
         raise ProfilerError("%s rejects input shape %s: %s" % (name, ",".join(map(str, shape)),

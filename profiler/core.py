@@ -4,20 +4,22 @@ import datetime
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
+from .batch import check_batch_sizes, sweep_rows, sweep_units
 from .board import jetson_clocks_state, nvpmodel_mode
 from .capture import LayerCall, as_call, capture, detached, op_name, parse_granularity
 from .client import DaemonClient
-from .errors import ProfilerError
+from .errors import ProfilerError, one_line
 from .estimate import ESTIMATORS, Estimator
 from .insitu import METHODS, InSitu, build_insitu_result, compare, default_duration_s
 from .measure import Schedule, Unit
 from .meter import open_meter
 from .models import safe_name
 from .push import LivePush
+from .report import power_mode
 from .result import ProfileResult, build_result
 
 
@@ -44,7 +46,8 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
             model_name: Optional[str] = None, seed: Optional[int] = None,
             progress: Optional[Callable[[int, int, str], None]] = None,
             warn: Callable[[str], None] = _stderr, source_options: Optional[Dict[str, Any]] = None,
-            method: str = "isolate", insitu_s: Optional[float] = None) -> ProfileResult:
+            method: str = "isolate", insitu_s: Optional[float] = None,
+            batch_sizes: Optional[Sequence[int]] = None) -> ProfileResult:
     """Measure the energy of every layer call of ``model`` on ``example_input``.
 
     ``example_input``: a tensor, a tuple/list of positional inputs or a dict
@@ -67,6 +70,9 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     ``both`` (the in-situ result, with ``comparison`` holding both side by
     side).  ``insitu_s``: how long the in-situ run lasts (default from the
     sensor's update interval).
+    ``batch_sizes``: also measure the whole model at each of these batch
+    sizes (every input tensor's first dimension; see :mod:`profiler.batch`),
+    in a second schedule after the profile, into ``result.batch_sizes``.
 
     Ctrl-C (KeyboardInterrupt) while measuring does not propagate: the result
     holds what was measured and ``meta["complete"]`` is False.
@@ -90,6 +96,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     if method != "isolate" and isinstance(model, torch.jit.ScriptModule):
         raise ProfilerError("in-situ needs an nn.Module: TorchScript runs its layers inside the interpreter, where "
                             "hooks never fire (use method isolate)")
+    sizes = check_batch_sizes(batch_sizes)
     parse_granularity(granularity)
     client = DaemonClient(exporter_url, token_file, cacert, cert, key) if exporter_url else None
     if client is None and (token_file or cacert or cert or key):
@@ -101,6 +108,14 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     args, kwargs = as_call(example_input)
     whole = LayerCall(len(calls), "whole_model", "", op_name(model), model, detached(args), detached(kwargs))
     units = [Unit(c) for c in calls] + [Unit(whole, whole_model=True)]
+    sweep = sweep_units(model, example_input, sizes) if sizes else []
+    with torch.no_grad():
+        for unit in sweep:  # a size the model cannot take is bad input, found before anything is measured
+            try:
+                unit.call()
+            except Exception as exc:
+                raise ProfilerError("the model rejects batch size %s: %s: %s"
+                                    % (unit.call.label[len("batch_"):], type(exc).__name__, one_line(exc))) from None
 
     meter, daemon = open_meter(source, client, warn, **(source_options or {}))
     try:
@@ -113,7 +128,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         tensor = _first_tensor(example_input)
         device = tensor.device if tensor is not None else torch.device("cpu")
         push = LivePush(client if daemon else None, name, warn)
-        schedule = insitu = None
+        schedule = insitu = sizing = None
         if method != "in-situ":
             schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed,
                                 target_ci=float(target_ci), budget_s=budget_s)
@@ -124,6 +139,11 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
             insitu = InSitu(model, example_input, calls, meter, device, duration, progress, seed)
             with torch.no_grad():
                 insitu.run()
+        if sweep and (insitu or schedule).complete:
+            sizing = Schedule(sweep, meter, est, trials, window_s, device, push, progress, seed,
+                              target_ci=float(target_ci), budget_s=budget_s)
+            with torch.no_grad():
+                sizing.run()
     finally:
         meter.close()
     result = None
@@ -137,8 +157,23 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         if isolated is not None:
             result.meta["method"] = "both"
             result.comparison = compare(isolated, result)
+    if sizes:
+        result.meta["batch_sizes"] = sizes
+        result.batch_sizes = []
+    if sizing is not None:
+        result.batch_sizes = sweep_rows(sizing, sizes)
+        result.samples.extend(sizing.samples)
+        result.windows.extend(sizing.windows)
+        if not sizing.complete:
+            result.meta.update(complete=False, stopped_by=sizing.stopped_by)
     push.results(result.layers)
+    push.inference(result.inference, power_mode(result.meta))
     return result
+
+
+def batch_size(tensor: Optional[torch.Tensor]) -> int:
+    """Samples in one inference: the first dimension of the first input tensor (1 for a scalar or none)."""
+    return int(tensor.shape[0]) if tensor is not None and tensor.dim() else 1
 
 
 def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, granularity: str,
@@ -176,6 +211,7 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
                         if tensor is not None and tensor.device.type == "cuda" else platform.processor() or None),
         "dtype": str(tensor.dtype).replace("torch.", "") if tensor is not None else None,
         "input_shape": list(tensor.shape) if tensor is not None else None,
+        "batch_size": batch_size(tensor),
         "started_utc": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
         "wall_s": time.time() - started,
         "samples_time_origin": min((s.t for s in schedule.samples), default=None),

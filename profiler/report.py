@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import tempfile
-from typing import Any, Callable, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from .errors import ProfilerError, one_line
 
@@ -24,6 +24,19 @@ SUMMARY_COLUMNS = (
     "energy_ci95_j", "dynamic_energy_j", "dynamic_energy_ci95_j", "power_w", "dynamic_power_w", "samples",
     "windows_disturbed", "flag",
 )
+
+INFERENCE_COLUMNS = (
+    "model", "method", "power_mode", "batch_size", "latency_s", "energy_per_inference_j",
+    "energy_per_inference_ci95_j", "dynamic_energy_per_inference_j", "dynamic_energy_per_inference_ci95_j",
+    "energy_per_sample_j", "dynamic_energy_per_sample_j", "inferences_per_joule", "mean_power_w", "flag",
+    "simulated", "complete",
+)
+UNKNOWN_MODE = "unknown"
+
+
+def power_mode(meta: Dict[str, Any]) -> str:
+    """The nvpmodel power mode a profile ran in, ``unknown`` where the board did not say."""
+    return meta.get("nvpmodel") or UNKNOWN_MODE
 
 
 def atomic_write(path: str, fill: Callable[[Any], None], binary: bool = False) -> str:
@@ -91,6 +104,34 @@ def write_summary_csv(result: Any, path: str) -> str:
         writer.writerow(SUMMARY_COLUMNS)
         for layer in result.layers:
             writer.writerow([_cell(getattr(layer, name)) for name in SUMMARY_COLUMNS])
+
+    return atomic_write(path, fill)
+
+
+def write_inference_csv(result: Any, path: str) -> str:
+    """One row per profile: energy per inference (see ProfileResult.inference); only the header when the
+    whole-model pass was not measured."""
+    rows = [] if result.inference is None else [result.inference]
+    return _write_inference_rows(result, path, rows, result.meta.get("method"))
+
+
+def write_batch_sizes_csv(result: Any, path: str) -> str:
+    """One row per batch size measured (ProfileResult.batch_sizes), the columns of the inference CSV; the
+    sweep's windows are isolated whole-model passes whatever the profile's method."""
+    return _write_inference_rows(result, path, result.batch_sizes or [], "isolate")
+
+
+def _write_inference_rows(result: Any, path: str, rows: List[Dict[str, Any]], method: Optional[str]) -> str:
+    meta = result.meta
+    common = {"model": result.model, "method": method, "power_mode": power_mode(meta),
+              "simulated": bool(meta.get("simulated")), "complete": result.complete}
+
+    def fill(fh: TextIO) -> None:
+        writer = csv.writer(fh)
+        writer.writerow(INFERENCE_COLUMNS)
+        for figures in rows:
+            row = dict(figures, **common)
+            writer.writerow([_cell(row[name]) for name in INFERENCE_COLUMNS])
 
     return atomic_write(path, fill)
 
@@ -245,6 +286,9 @@ def console_summary(result: Any) -> str:
         lines.append("Whole model: Duration=%s ms | Energy=%s mJ | Dynamic Energy=%s mJ | layers cover %s %%"
                      % (_fmt(whole["duration_s"], 1e3), _fmt(whole["energy_j"], 1e3),
                         _fmt(whole["dynamic_energy_j"], 1e3), _fmt(coverage, 100, 1)))
+    lines.extend(inference_lines(result.inference, power_mode(result.meta)))
+    if result.batch_sizes is not None:
+        lines.extend(batch_size_lines(result.batch_sizes, result.meta.get("batch_sizes") or []))
     if result.comparison:
         from .insitu import compare_lines
 
@@ -255,6 +299,45 @@ def console_summary(result: Any) -> str:
     if not result.complete:
         lines.append("INCOMPLETE: %s" % (result.meta.get("stopped_by") or "stopped early"))
     return "\n".join(lines)
+
+
+def inference_lines(figures: Optional[Dict[str, Any]], mode: str) -> List[str]:
+    """The energy per inference (one forward pass of the batch) and per sample, or why there is none."""
+    if figures is None:
+        return ["Per inference: not measured (the whole-model pass has no clean window)"]
+    head = "Per inference (batch %d, power mode %s)" % (figures["batch_size"], mode)
+    if figures["flag"]:
+        return ["%s: FLAGGED (%s) | Latency=%s ms" % (head, figures["flag"], _fmt(figures["latency_s"], 1e3))]
+    per_joule = figures["inferences_per_joule"]
+    return ["%s: Latency=%s ms | Energy=%s mJ (+/- %s) | Dynamic=%s mJ (+/- %s) | per sample %s mJ | "
+            "%s inferences/J | Avg Power=%s W"
+            % (head, _fmt(figures["latency_s"], 1e3), _fmt(figures["energy_per_inference_j"], 1e3),
+               _fmt(figures["energy_per_inference_ci95_j"], 1e3),
+               _fmt(figures["dynamic_energy_per_inference_j"], 1e3),
+               _fmt(figures["dynamic_energy_per_inference_ci95_j"], 1e3),
+               _fmt(figures["energy_per_sample_j"], 1e3), "n/a" if per_joule is None else "%.4g" % per_joule,
+               _fmt(figures["mean_power_w"], 1, 3))]
+
+
+def batch_size_lines(rows: List[Dict[str, Any]], asked: List[int]) -> List[str]:
+    """Energy per inference and per sample at each batch size of the sweep, and the sizes not measured."""
+    lines = ["Batch sizes (whole model, energy per inference and per sample):"]
+    for figures in rows:
+        label = "  batch %d" % figures["batch_size"]
+        if figures["flag"]:
+            lines.append("%s: FLAGGED (%s) | Latency=%s ms" % (label, figures["flag"], _fmt(figures["latency_s"], 1e3)))
+            continue
+        lines.append("%s: Latency=%s ms | Energy=%s mJ/inference (+/- %s) | %s mJ/sample (dynamic %s) | "
+                     "%s samples/J"
+                     % (label, _fmt(figures["latency_s"], 1e3), _fmt(figures["energy_per_inference_j"], 1e3),
+                        _fmt(figures["energy_per_inference_ci95_j"], 1e3), _fmt(figures["energy_per_sample_j"], 1e3),
+                        _fmt(figures["dynamic_energy_per_sample_j"], 1e3),
+                        "%.4g" % (1.0 / figures["energy_per_sample_j"]) if figures["energy_per_sample_j"] > 0
+                        else "n/a"))
+    missing = [size for size in asked if size not in {figures["batch_size"] for figures in rows}]
+    if missing:
+        lines.append("  not measured: batch %s" % ", ".join(map(str, missing)))
+    return lines
 
 
 class ProgressBar:

@@ -97,7 +97,11 @@ def test_torchvision_name_granularity_push_and_board_settings(workdir):
         assert proc.returncode == 0, proc.stderr
         pushed = {labels["layer"] for labels, _ in daemon.samples("jetson_layer_call_energy_joules")
                   if labels["model"] == "resnet18"}
+        per_mode = {labels["power_mode"]: value for labels, value in daemon.samples("jetson_inference_energy_joules")
+                    if labels["model"] == "resnet18"}
     data = summary(out, "resnet18")
+    inference = data["inference"]  # pushed under the stand-in's power mode unless its figure is flagged
+    assert per_mode == ({} if inference["flag"] else {"5W": pytest.approx(inference["energy_per_inference_j"])})
     assert [layer["module"] for layer in data["layers"]] == [
         "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc"]
     # a layer whose windows a starved sampler thread spoiled has no result to push (see profiler/push.py)
@@ -207,12 +211,15 @@ def test_python_api_replays_keyword_calls_and_writes_every_output(workdir):
     with torch.no_grad():
         assert torch.equal(scale(), scale.args[0] * 2.0)
     assert "forward" not in vars(model.scale)  # the capture leaves the model as it found it
-    result = profiler.profile(model, example, source="sim", min_window_s=0.02, trials=1, seed=1, model_name="kwnet")
+    result = profiler.profile(model, example, source="sim", min_window_s=0.02, trials=1, seed=1, model_name="kwnet",
+                              batch_sizes=[1, 2])
     assert isinstance(result, profiler.ProfileResult) and result.complete
     assert [layer.label for layer in result.layers] == ["Conv2d_0", "ReLU_1", "Scale_2", "ReLU_3"]
+    assert [row["batch_size"] for row in result.batch_sizes] == [1, 2]
     os.mkdir(str(workdir / "api"))
     paths = result.write_all(str(workdir / "api"))
-    assert sorted(os.path.basename(p) for p in paths.values()) == sorted("kwnet_layerwise_" + s for s in OUTPUTS)
+    assert sorted(os.path.basename(p) for p in paths.values()) == sorted(
+        ["kwnet_layerwise_" + s for s in OUTPUTS] + ["kwnet_inference.csv", "kwnet_batch_sizes.csv"])
 
 
 def test_board_probes_read_the_tools_as_they_print(monkeypatch, tmp_path):
