@@ -39,7 +39,7 @@ WARN_KEYS = (
     ("board", "boards"), ("nvpmodel", "power modes"), ("jetson_clocks", "jetson_clocks states"),
     ("input_shape", "input shapes"), ("dtype", "dtypes"), ("device", "devices"), ("source", "sources"),
     ("method", "methods"), ("estimator", "estimators"), ("granularity", "granularities"),
-    ("simulated", "simulated flags"),
+    ("simulated", "simulated flags"), ("cpu_governor", "CPU governors"),
 )
 TOP_N = 10
 
@@ -53,6 +53,7 @@ class Profile:
     meta: Dict[str, Any]
     layers: List[Dict[str, Any]]
     whole_model: Optional[Dict[str, Any]]
+    inference: Optional[Dict[str, Any]]  # energy per inference (profiles from before it existed: None)
 
     @property
     def simulated(self) -> bool:
@@ -83,11 +84,12 @@ def load(item: Any) -> Profile:
         missing = [k for k in LAYER_KEYS if not isinstance(layer, dict) or k not in layer]
         if missing:
             raise ProfilerError("%s: layer %d lacks %s" % (what, position, ", ".join(missing)))
-    whole = data.get("whole_model")
+    whole, inference = data.get("whole_model"), data.get("inference")
     meta = data["meta"]
     name = str(meta.get("model") or os.path.splitext(os.path.basename(origin))[0])
     return Profile(name=name, origin=origin, meta=meta, layers=data["layers"],
-                   whole_model=whole if isinstance(whole, dict) else None)
+                   whole_model=whole if isinstance(whole, dict) else None,
+                   inference=inference if isinstance(inference, dict) else None)
 
 
 def _unique_names(profiles: List[Profile]) -> None:
@@ -220,9 +222,9 @@ class Pair:
                                  _rss(cis[1::2]) if known else None) if usable else _delta(None, None, None, None),
                           layers=len(usable), baseline_j=a_sum if usable else None,
                           other_j=b_sum if usable else None)
-        a, a_ci = _whole(self.baseline, self.energy)
-        b, b_ci = _whole(self.other, self.energy)
-        self.whole = dict(_delta(a, a_ci, b, b_ci), baseline_j=a, baseline_ci95_j=a_ci, other_j=b, other_ci95_j=b_ci)
+        (a, a_ci, a_s), (b, b_ci, b_s) = _whole(self.baseline, self.energy), _whole(self.other, self.energy)
+        self.whole = dict(_delta(a, a_ci, b, b_ci), baseline_j=a, baseline_ci95_j=a_ci, other_j=b, other_ci95_j=b_ci,
+                          baseline_latency_s=a_s, other_latency_s=b_s)
         self.warnings = _warnings(self.baseline, self.other)
         return self
 
@@ -247,13 +249,23 @@ def _rss(values: Sequence[float]) -> float:
     return math.sqrt(math.fsum(v * v for v in values))
 
 
-def _whole(profile: Profile, energy: str) -> Tuple[Optional[float], Optional[float]]:
-    """Energy per inference: the whole model's forward pass (the batch in meta.input_shape)."""
+def _whole(profile: Profile, energy: str) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    """Energy per inference (one forward pass on the profile's input), its CI and the latency.
+
+    From the profile's ``inference`` figures; a profile written before they
+    existed has the same numbers in its whole-model row.  None when flagged.
+    """
+    inference = profile.inference
+    if inference is not None:
+        if inference.get("flag"):
+            return None, None, None
+        key = "energy_per_inference" if energy == "total" else "dynamic_energy_per_inference"
+        return inference.get(key + "_j"), inference.get(key + "_ci95_j"), inference.get("latency_s")
     whole = profile.whole_model
     if not whole or not whole.get("trials") or whole.get("flag"):
-        return None, None
+        return None, None, None
     value_key, ci_key = ENERGIES[energy]
-    return whole.get(value_key), whole.get(ci_key)
+    return whole.get(value_key), whole.get(ci_key), whole.get("duration_s")
 
 
 def _shown(value: Any) -> str:
@@ -271,8 +283,8 @@ def _warnings(a: Profile, b: Profile) -> List[str]:
     for p in (a, b):
         if not p.meta.get("complete", True):
             out.append("%s is incomplete (%s)" % (p.name, p.meta.get("stopped_by") or "stopped early"))
-        if p.whole_model is None:
-            out.append("%s has no whole-model measurement" % p.name)
+        if _whole(p, "total")[0] is None:
+            out.append("%s has no usable energy per inference (whole model not measured or flagged)" % p.name)
     return out
 
 
@@ -323,11 +335,12 @@ class Comparison:
                             row["baseline_ci95_j"], row["other_j"], row["other_ci95_j"], row["delta_j"],
                             row["delta_ci95_j"], row["delta_pct"], row["significant"],
                             row["baseline_duration_s"], row["other_duration_s"], row["flag"], warnings])
-            for what, summary in (("matched layers total", pair.total), ("whole model per inference", pair.whole)):
+            for what, summary in (("matched layers total", pair.total), ("energy per inference", pair.whole)):
                 out.append([pair.baseline.name, pair.other.name, what, "", "", "", "", "", summary["baseline_j"],
                             summary.get("baseline_ci95_j"), summary["other_j"], summary.get("other_ci95_j"),
                             summary["delta_j"], summary["delta_ci95_j"], summary["delta_pct"],
-                            summary["significant"], "", "", "", warnings])
+                            summary["significant"], summary.get("baseline_latency_s"),
+                            summary.get("other_latency_s"), "", warnings])
         return out
 
     def write_csv(self, path: str) -> str:
@@ -364,12 +377,14 @@ class Comparison:
                                           c["flagged"], c["up"] + c["down"], c["up"], c["down"]))
         out += ["", "| | %s (J) | %s (J) | delta (J) | 95 %% CI | delta %% | significant |" % (a, b),
                 "|---|---:|---:|---:|---:|---:|:---:|"]
-        for what, s in (("whole model per inference", pair.whole),
+        for what, s in (("energy per inference", pair.whole),
                         ("matched layers total (%d)" % pair.total["layers"], pair.total)):
             out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
                 what, _num(s["baseline_j"], 1, s.get("baseline_ci95_j")), _num(s["other_j"], 1, s.get("other_ci95_j")),
                 _num(s["delta_j"], 1, signed=True), _num(s["delta_ci95_j"], 1), _pct(s["delta_pct"]),
                 _yes(s)))
+        out += ["", "Latency per inference: %s ms (%s), %s ms (%s)." % (
+            _num(pair.whole["baseline_latency_s"], 1e3), a, _num(pair.whole["other_latency_s"], 1e3), b)]
         out += ["", "| module | op | %s (%s) | %s (%s) | delta (%s) | 95 %% CI | delta %% | significant |" % (
             a, unit, b, unit, unit), "|---|---|---:|---:|---:|---:|---:|:---:|"]
         for r in pair.rows:
@@ -409,12 +424,14 @@ class Comparison:
             a, b = pair.baseline.name, pair.other.name
             lines.append("Compare %s (baseline) vs %s: %s, 95 %% CI of the difference" % (a, b, self.energy_text))
             lines += ["  warning: " + w for w in pair.warnings]
-            for what, s in (("Whole model per inference", pair.whole),
+            for what, s in (("Energy per inference", pair.whole),
                             ("Matched layers total (%d)" % pair.total["layers"], pair.total)):
                 lines.append("  %s: %s -> %s mJ | delta %s mJ +/- %s (%s)%s" % (
                     what, _num(s["baseline_j"], 1e3), _num(s["other_j"], 1e3), _num(s["delta_j"], 1e3, signed=True),
                     _num(s["delta_ci95_j"], 1e3), _pct(s["delta_pct"]),
                     " significant" if s["significant"] else " not significant"))
+            lines.append("  Latency per inference: %s -> %s ms" % (_num(pair.whole["baseline_latency_s"], 1e3),
+                                                                   _num(pair.whole["other_latency_s"], 1e3)))
             c = pair.counts()
             lines.append("  Layers: %d matched (%d renamed) | %d only in %s | %d only in %s | %d flagged | "
                          "%d significant (%d up, %d down)" % (

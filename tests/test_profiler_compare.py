@@ -83,8 +83,13 @@ def test_one_model_in_two_dtypes(runs, tmp_path):
         delta, ci, significant = difference_ci95(a.energy_j, a.energy_ci95_j, b.energy_j, b.energy_ci95_j)
         assert row["delta_j"] == pytest.approx(delta) and row["delta_ci95_j"] == pytest.approx(ci)
         assert row["significant"] is significant and row["delta_pct"] == pytest.approx(100 * delta / a.energy_j)
-    assert pair.whole["baseline_j"] == pytest.approx(results["r18"].whole_model["energy_j"])
-    assert pair.whole["other_j"] == pytest.approx(results["r18h"].whole_model["energy_j"])
+    for side, key in (("baseline", "r18"), ("other", "r18h")):
+        inference = results[key].inference
+        if inference is None or inference["flag"]:  # a whole model every window of which a neighbour disturbed
+            assert pair.whole[side + "_j"] is None and not pair.whole["significant"]
+            continue
+        assert pair.whole[side + "_j"] == pytest.approx(inference["energy_per_inference_j"])
+        assert pair.whole[side + "_latency_s"] == pytest.approx(inference["latency_s"])
     assert pair.total["layers"] == sum(1 for r in pair.rows if r["delta_j"] is not None)
     assert pair.warnings == ["dtypes differ: float32 (resnet18-float32) vs float16 (resnet18-float16)"]
 
@@ -100,7 +105,7 @@ def test_one_model_in_two_dtypes(runs, tmp_path):
         "resnet18-float32_vs_resnet18-float16_compare." + ext for ext in ("csv", "md", "png"))
     with open(paths_written["csv"]) as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 60 + 2 and rows[-1]["match"] == "whole model per inference"
+    assert len(rows) == 60 + 2 and rows[-1]["match"] == "energy per inference"
     assert {"baseline_energy_j", "delta_energy_ci95_j", "significant", "flag"} <= set(rows[0])
     assert all("dtypes differ" in r["warnings"] for r in rows)
     text = open(paths_written["markdown"]).read()
@@ -108,7 +113,7 @@ def test_one_model_in_two_dtypes(runs, tmp_path):
     width, height = _png_size(paths_written["plot"])
     assert height >= 60 * 20  # a fixed height per layer row: 150+ layers stay readable
     summary = comparison.console_summary()
-    assert "warning: dtypes differ" in summary and "Whole model per inference" in summary
+    assert "warning: dtypes differ" in summary and "Energy per inference" in summary
 
 
 @pytest.mark.slow
@@ -157,6 +162,12 @@ def test_renamed_paths_missing_rows_and_flags_on_real_rows(runs, tmp_path):
     assert hows["layer3.0.bn1"] == "only" and hows["layer2.0.conv1"] == hows["layer2.1.bn2"] == "renamed"
     assert hows["layer3.0.conv1"] == hows["fc"] == "path" and len(rows) == 60
     assert all(base[i]["label"] == other[j]["label"] for i, j, how in rows if j is not None)
+
+    # a profile from before the energy per inference existed: the whole-model row gives the same figure
+    older = compare([paths["r18"], _edited(paths["r18"], tmp_path, "old.json", lambda data: data.pop("inference"))])
+    whole = json.load(open(paths["r18"]))["whole_model"]
+    expected = None if whole["flag"] or not whole["trials"] else pytest.approx(whole["energy_j"])
+    assert older.pairs[0].whole["other_j"] == older.pairs[0].whole["baseline_j"] == expected
 
     # known CIs on a real profile: the same change is significant or not as the CIs allow
     def known(energy, ci, flag=""):
