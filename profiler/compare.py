@@ -131,11 +131,12 @@ def match_layers(base: Sequence[Dict[str, Any]],
             pairs[i] = (where[k], "path")
     # the gaps between matched neighbours (and before the first, after the last): same ops -> renamed
     anchors = [(-1, -1)] + sorted((i, j) for i, (j, _) in pairs.items()) + [(len(base), len(other))]
+    by_path = {j for j, _ in pairs.values()}
     for (i0, j0), (i1, j1) in zip(anchors, anchors[1:]):
         if j1 <= j0:
             continue  # the two orders cross here: nothing sensible to align
         left = [i for i in range(i0 + 1, i1) if i not in pairs]
-        right = list(range(j0 + 1, j1))
+        right = [j for j in range(j0 + 1, j1) if j not in by_path]
         if left and [base[i]["op"] for i in left] == [other[j]["op"] for j in right]:
             pairs.update((i, (j, "renamed")) for i, j in zip(left, right))
     matched_other = {j for j, _ in pairs.values()}
