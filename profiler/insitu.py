@@ -691,6 +691,7 @@ def build_insitu_result(name: str, insitu: InSitu, model_op: str, meta: Dict[str
     (whole_e, whole_d, whole_t) = solved["whole"]
     whole = _row(len(calls) + 1, "whole_model", "", model_op, n, whole_t, whole_e, whole_d,
                  solved["updates"]).to_dict()
+    whole["flag"] = GRIDLESS_FLAG if solved["gridless"] else ""  # the energy per inference is then not shown either
     sum_e = math.fsum(layer.energy_j for layer in layers)
     sum_d = math.fsum(layer.dynamic_energy_j for layer in layers)
     whole.update({
