@@ -192,7 +192,7 @@ class PowerCollector:
         yield from _inference_metrics(snap.inference)
         yield CounterMetricFamily(
             "jetson_exporter_layer_series_evicted",
-            "Layer series dropped to keep the label sets bounded (least recently updated model first).",
+            "Layer and inference series dropped to keep the label sets bounded (least recently updated first).",
             value=snap.evicted_total)
 
 

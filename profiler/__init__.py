@@ -2,10 +2,12 @@
 
 ``profile(model, example_input, ...)`` isolates every layer call, measures
 its energy over windows sized for the sensor, subtracts the idle baseline
-and returns a :class:`ProfileResult` with writers for the CSV/JSON/PNG files.
+and returns a :class:`ProfileResult` with writers for the CSV/JSON/PNG files;
+``compare(paths_or_results)`` sets saved profiles side by side.
 """
 
 from .capture import InputRejected, LayerCall, capture
+from .compare import Comparison, compare
 from .core import profile
 from .errors import ProfilerError
 from .estimate import ESTIMATORS, Estimator
@@ -13,6 +15,7 @@ from .powermodes import SweepResult, sweep_power_modes
 from .result import LayerResult, ProfileResult
 
 __all__ = [
+    "Comparison",
     "ESTIMATORS",
     "Estimator",
     "InputRejected",
@@ -22,6 +25,7 @@ __all__ = [
     "ProfilerError",
     "SweepResult",
     "capture",
+    "compare",
     "profile",
     "sweep_power_modes",
 ]

@@ -1,5 +1,8 @@
 """``jetson-power-profile``: per-layer energy of a PyTorch model on this board.
 
+``jetson-power-profile compare A.json B.json [C.json ...] --out DIR`` compares
+saved profiles instead (see profiler/compare.py): exit 0, or 2 on bad input.
+
 Exit status: 0 done; 1 measurement stopped by a sensor/daemon failure (what
 was measured is written, marked incomplete); 2 bad input (one line on
 stderr, no files); 130 interrupted (what was measured is written, marked
@@ -18,7 +21,9 @@ PROG = "jetson-power-profile"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Layer-wise energy profiling of a PyTorch model.")
+    p = argparse.ArgumentParser(prog=PROG, description="Layer-wise energy profiling of a PyTorch model.",
+                                epilog="To compare saved profiles: %s compare A.json B.json [...] --out DIR "
+                                       "(see %s compare --help)." % (PROG, PROG))
     p.add_argument("--model", default="vgg11",
                    help="torchvision classification model name, TorchScript file, or package.module:factory "
                         "(default vgg11)")
@@ -81,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG + " compare",
+        description="Compare saved profiles layer by layer: the first is the baseline, each other one is "
+                    "compared against it. Writes <names>_compare.csv, .md and .png under --out.")
+    p.add_argument("profiles", nargs="+", metavar="PROFILE.json",
+                   help="summary JSONs written by the profiler (*_layerwise_summary.json)")
+    p.add_argument("--energy", choices=("total", "dynamic"), default="total",
+                   help="total: all the board drew during a call; dynamic: the part above idle (default total)")
+    p.add_argument("--top", type=int, default=10, help="largest significant changes to single out (default 10)")
+    p.add_argument("--out", default="results", help="output directory (default results/)")
+    return p
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -91,14 +110,16 @@ def _stderr(line: str) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    comparing = argv[:1] == ["compare"]
+    args = build_compare_parser().parse_args(argv[1:]) if comparing else build_parser().parse_args(argv)
     warnings.filterwarnings("ignore")  # torch's deprecation chatter would bury the one-line errors
     logging.basicConfig(level=logging.WARNING, format=PROG + ": %(message)s")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        return _run(args)
+        return _compare(args) if comparing else _run(args)
     except KeyboardInterrupt:
-        _stderr("%s: interrupted before any measurement; nothing written" % PROG)
+        _stderr("%s: interrupted%s" % (PROG, "" if comparing else " before any measurement; nothing written"))
         return 130
     except Exception as exc:
         from .errors import ProfilerError, one_line
@@ -108,6 +129,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             _stderr("%s: error: %s: %s" % (PROG, type(exc).__name__, one_line(exc)))
         return 2
+
+
+def _print_paths(paths) -> None:
+    print("Wrote:")
+    for path in paths.values():
+        shown = os.path.relpath(path)
+        print("  " + (path if shown.startswith(os.pardir) else shown))
+
+
+def _compare(args) -> int:
+    from .compare import compare
+
+    comparison = compare(args.profiles, energy=args.energy, top=args.top)
+    paths = comparison.write_all(args.out)
+    print(comparison.console_summary())
+    _print_paths(paths)
+    return 0
 
 
 def _run(args) -> int:
@@ -184,10 +222,7 @@ def _run(args) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     print(result.console_summary())
-    print("Wrote:")
-    for path in paths.values():
-        shown = os.path.relpath(path)
-        print("  " + (path if shown.startswith(os.pardir) else shown))
+    _print_paths(paths)
     if result.complete:
         return 0
     stopped = result.meta.get("stopped_by") or "stopped"

@@ -394,3 +394,17 @@ def ratio_ci95(joules: Sequence[float], calls: Sequence[int]) -> Tuple[float, Op
     spread = math.fsum((j - ratio * c) ** 2 for j, c in pairs) / (n - 1)
     return ratio, t_quantile_975(n - 1) * math.sqrt(spread / n) / mean_c
 
+
+
+def difference_ci95(a: float, a_ci: Optional[float], b: float,
+                    b_ci: Optional[float]) -> Tuple[float, Optional[float], bool]:
+    """``b - a``, its 95 % CI half-width and whether that CI excludes 0.
+
+    Two independent measurements: the half-widths add in quadrature.  The CI
+    is None (and the difference never significant) when either side has none.
+    """
+    delta = b - a
+    if a_ci is None or b_ci is None or not all(math.isfinite(v) for v in (a, b, a_ci, b_ci)):
+        return delta, None, False
+    ci = math.hypot(a_ci, b_ci)
+    return delta, ci, abs(delta) > ci

@@ -42,7 +42,7 @@ import torch
 
 from .capture import LayerCall, call_model
 from .errors import ProfilerError
-from .estimate import t_quantile_975
+from .estimate import difference_ci95, t_quantile_975
 from .measure import Window
 from .meter import MeterError, RawSample
 from .result import LayerResult, ProfileResult, plausibility
@@ -691,6 +691,7 @@ def build_insitu_result(name: str, insitu: InSitu, model_op: str, meta: Dict[str
     (whole_e, whole_d, whole_t) = solved["whole"]
     whole = _row(len(calls) + 1, "whole_model", "", model_op, n, whole_t, whole_e, whole_d,
                  solved["updates"]).to_dict()
+    whole["flag"] = GRIDLESS_FLAG if solved["gridless"] else ""  # the energy per inference is then not shown either
     sum_e = math.fsum(layer.energy_j for layer in layers)
     sum_d = math.fsum(layer.dynamic_energy_j for layer in layers)
     whole.update({
@@ -726,9 +727,7 @@ COMPARE_COLUMNS = (
 
 def _apart(a: float, a_ci: Optional[float], b: float, b_ci: Optional[float]) -> bool:
     """True when the difference exceeds its own 95 % CI (the two CIs in quadrature)."""
-    if a_ci is None or b_ci is None or not all(math.isfinite(v) for v in (a, b, a_ci, b_ci)):
-        return False
-    return abs(a - b) > math.hypot(a_ci, b_ci)
+    return difference_ci95(a, a_ci, b, b_ci)[2]
 
 
 def compare(isolated: ProfileResult, insitu: ProfileResult) -> List[Dict[str, Any]]:

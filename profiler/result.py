@@ -140,9 +140,10 @@ def inference_figures(whole: Optional[Dict[str, Any]], batch_size: int) -> Optio
     typical call of its windows; in-situ: the mean inference);
     ``energy_per_inference_j`` all the energy the board drew during it,
     ``dynamic_energy_per_inference_j`` the part above idle, both with 95 % CI
-    half-widths; ``energy_per_sample_j`` the former over the batch size;
-    ``inferences_per_joule`` its inverse (None unless the energy is
-    positive); ``mean_power_w`` the energy over the latency.  ``flag`` is the
+    half-widths; ``energy_per_sample_j`` (and the dynamic one) the same over
+    the batch size; ``inferences_per_joule`` 1 / ``energy_per_inference_j``
+    (None unless that is positive); ``mean_power_w`` the energy over the
+    latency.  ``flag`` is the
     whole-model row's plausibility flag: a flagged figure is not a number to
     report.
     """

@@ -56,7 +56,6 @@ def test_a_real_profile_pushes_its_energy_per_inference_labelled_by_power_mode(t
         data = json.load(open(out / "mobilenet_v3_small_layerwise_summary.json"))
         inference, whole = data["inference"], data["whole_model"]
         assert data["meta"]["nvpmodel"] == "MODE_15W" and data["meta"]["batch_size"] == 2
-        assert not inference["flag"], inference  # a flagged figure is not pushed: the rest would not hold
         assert inference["batch_size"] == 2 and inference["latency_s"] == whole["duration_s"] > 0
         assert inference["energy_per_inference_j"] == whole["energy_j"] > 0
         assert inference["energy_per_inference_ci95_j"] == whole["energy_ci95_j"]
@@ -64,7 +63,7 @@ def test_a_real_profile_pushes_its_energy_per_inference_labelled_by_power_mode(t
         assert inference["energy_per_sample_j"] == pytest.approx(whole["energy_j"] / 2)
         assert inference["inferences_per_joule"] == pytest.approx(1 / whole["energy_j"])
         assert inference["mean_power_w"] == whole["power_w"]
-        assert "Per inference (batch 2, power mode MODE_15W): Latency=" in proc.stdout
+        assert "Per inference (batch 2, power mode MODE_15W): " in proc.stdout
 
         with open(out / "mobilenet_v3_small_inference.csv") as fh:
             (row,) = list(csv.DictReader(fh))
@@ -72,7 +71,16 @@ def test_a_real_profile_pushes_its_energy_per_inference_labelled_by_power_mode(t
         assert float(row["energy_per_inference_j"]) == inference["energy_per_inference_j"]
         assert int(row["batch_size"]) == 2
 
+        text = daemon.metrics()
+        assert prom.promtool_check(text) == ""
+        for name in GAUGES:
+            assert "# TYPE %s gauge" % name in text
         model = "mobilenet_v3_small"
+        if inference["flag"]:  # the simulated board follows this machine's load, which can spoil the figure:
+            # a flagged figure is printed as such and never pushed
+            assert "FLAGGED (%s)" % inference["flag"] in proc.stdout
+            assert _by_mode(daemon, "jetson_inference_energy_joules", model) == {"MAXN": 0.05}
+            return
         assert _by_mode(daemon, "jetson_inference_energy_joules", model) == {
             "MAXN": 0.05, "MODE_15W": pytest.approx(inference["energy_per_inference_j"])}
         expected = {
@@ -84,10 +92,6 @@ def test_a_real_profile_pushes_its_energy_per_inference_labelled_by_power_mode(t
         }
         for metric, value in expected.items():
             assert _by_mode(daemon, metric, model)["MODE_15W"] == pytest.approx(value), metric
-        text = daemon.metrics()
-        assert prom.promtool_check(text) == ""
-        for name in GAUGES:
-            assert "# TYPE %s gauge" % name in text
 
 
 def test_the_daemon_bounds_power_modes_and_refuses_what_the_contract_refuses():

@@ -253,3 +253,16 @@ def test_a_torchscript_graph_this_torch_cannot_edit_is_not_blamed_on_the_input(m
     assert "eraseOutput" in str(caught.value)
     with pytest.raises(profiler.InputRejected):
         profiler.capture(scripted, torch.randn(1, 3))
+
+
+def test_compare_two_saved_profiles_through_the_cli(workdir):
+    for model in ("kwnet", "convnet"):
+        proc = profile_cli(workdir, "--model", "tinynets:" + model, "--out", str(workdir / model), *FAST)
+        assert proc.returncode == 0, proc.stderr
+    proc = profile_cli(workdir, "compare", str(workdir / "kwnet" / "kwnet_layerwise_summary.json"),
+                       str(workdir / "convnet" / "convnet_layerwise_summary.json"), "--out", str(workdir / "cmp"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(str(workdir / "cmp"))) == [
+        "kwnet_vs_convnet_compare." + ext for ext in ("csv", "md", "png")]
+    with open(str(workdir / "cmp" / "kwnet_vs_convnet_compare.md")) as handle:
+        assert "only convnet" in handle.read()
