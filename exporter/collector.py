@@ -7,13 +7,14 @@ exposition (text or OpenMetrics) is prometheus_client's own, over a registry
 holding this collector and the library's standard process and platform ones.
 """
 
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
+from .alarms import AlarmWatch
 from .layers import LayerBoard, index_label
 from .sampler import Sampler
 
@@ -21,9 +22,10 @@ LAYER_LABELS = ["model", "index", "layer", "op"]
 
 
 class PowerCollector:
-    def __init__(self, sampler: Sampler, layers: LayerBoard):
+    def __init__(self, sampler: Sampler, layers: LayerBoard, alarms: Optional[AlarmWatch] = None):
         self.sampler = sampler
         self.layers = layers
+        self.alarms = alarms if alarms is not None else AlarmWatch(sampler.source)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
@@ -93,7 +95,48 @@ class PowerCollector:
         build.add_metric([__version__], 1.0)
         yield build
 
+        yield from self._alarm_metrics()
         yield from self._layer_metrics()
+
+    def _alarm_metrics(self) -> Iterator[Metric]:
+        """Read at each render: a flag that changes shows in the next scrape."""
+        snap = self.alarms.read()
+        if snap.errors_total:
+            yield CounterMetricFamily("jetson_power_alarm_read_errors",
+                                      "Failed reads of the alarm and throttle files.", value=snap.errors_total)
+        board = snap.board
+        if board is None:
+            return  # no such files on this source, or unreadable now: no series rather than a false 0
+        alarm = GaugeMetricFamily(
+            "jetson_power_alarm", "1 while the power monitor raises the alarm, as its driver reports it.",
+            labels=["rail", "kind"])
+        for a in board.alarms:
+            alarm.add_metric([a.rail if a.rail is not None else a.chip, a.kind], 1.0 if a.active else 0.0)
+        yield alarm
+        limit = GaugeMetricFamily(
+            "jetson_power_rail_current_limit_amperes",
+            "Current alert limit of each rail set in the power monitor (crit or warn), in amperes.",
+            labels=["rail", "kind"])
+        for (rail, kind), amperes in sorted(board.current_limits.items()):
+            limit.add_metric([rail, kind], amperes)
+        yield limit
+        events = CounterMetricFamily(
+            "jetson_throttle_events", "Over-current throttle events counted by the SoC since boot.",
+            labels=["kind"])
+        enabled = GaugeMetricFamily(
+            "jetson_throttle_enabled", "1 when the over-current event throttles the clocks.", labels=["kind"])
+        for kind, count in sorted(board.oc_events.items()):
+            events.add_metric([kind], count)
+        for kind, on in sorted(board.oc_throttle_enabled.items()):
+            enabled.add_metric([kind], 1.0 if on else 0.0)
+        yield events
+        yield enabled
+        active = GaugeMetricFamily(
+            "jetson_throttle_active", "1 while the thermal cooling device throttles (cur_state above 0).",
+            labels=["kind"])
+        for kind, (cur, _) in sorted(board.cooling.items()):
+            active.add_metric([kind], 1.0 if cur > 0 else 0.0)
+        yield active
 
     def _layer_metrics(self) -> Iterator[Metric]:
         snap = self.layers.snapshot()

@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client.exposition import choose_encoder
 
 from . import validate
+from .alarms import AlarmWatch
 from .collector import PowerCollector
 from .layers import LayerBoard, LayerLimitError
 from .sampler import Sampler, WindowError
@@ -199,7 +200,8 @@ class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
         super().__init__(address, Handler)
         self.sampler = sampler
         self.layers = layers
-        self.collector = PowerCollector(sampler, layers)
+        self.alarms = AlarmWatch(sampler.source)
+        self.collector = PowerCollector(sampler, layers, self.alarms)
         self.write_token = write_token
         self.tls = tls
         self.turn = _Turn(sampler)
@@ -413,6 +415,7 @@ class Handler(BaseHTTPRequestHandler):
             "/api/v1/source": self.api_source,
             "/api/v1/status": self.api_status,
             "/api/v1/layers": self.api_layers,
+            "/api/v1/alarms": self.api_alarms,
         })
 
     do_HEAD = do_GET
@@ -516,6 +519,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def api_layers(self):
         self._send_cacheable(self.server.layers_body())
+
+    def api_alarms(self):
+        snap = self.server.alarms.read()
+        if snap.error:
+            self._error(503, "alarm files unreadable: " + snap.error)
+            return
+        self._json(200, {
+            "active": [{"name": a.name, "rail": a.rail, "kind": a.kind, "since": a.since} for a in snap.active],
+            "throttle": snap.throttle(),
+            "available": snap.board is not None,
+        })
 
     # -- writes ----------------------------------------------------------
     def _authorized_body(self) -> Dict[str, Any]:

@@ -293,6 +293,8 @@ def test_dashboard_queries_only_contract_metrics_and_covers_the_issue():
     assert any('simulated="true"' in e for e in by_type["stat"]), "no simulated banner"
     assert any("jetson_power_source_info" in e for e in by_type["table"])
     assert any("jetson_profiler_active_layer" in e for e in by_type["state-timeline"])
+    timelines = set().union(*(queried_metrics(e) for e in by_type["state-timeline"]))
+    assert {"jetson_power_alarm", "jetson_throttle_active", "jetson_throttle_events_total"} <= timelines
     assert any("jetson_layer_call_energy_joules{" in e for e in by_type["barchart"])
     layer_table = {m for e in by_type["table"] for m in queried_metrics(e)}
     assert {"jetson_layer_call_energy_joules", "jetson_layer_call_dynamic_energy_joules",

@@ -1,9 +1,12 @@
 """End to end: the real daemon replays a trace, a real Prometheus scrapes it with the repository's config.
 
-After a few scrapes every PromQL expression of the Grafana dashboard (template
-variables substituted) and every recording rule of rules.yml returns data; once
-the trace has ended, the energy Prometheus holds matches the trace's exact
-energy within 1 %.  Also `promtool check metrics` on the live exposition.
+Two more daemons read sysfs trees (a replay has no alarm files): an AGX Orin
+(alarm flags, over-current counters) and a Nano (thermal throttles), so that
+after a few scrapes every PromQL expression of the Grafana dashboard
+(template variables substituted, both boards selected) and every recording rule
+of rules.yml returns data; once the trace has ended, the energy Prometheus holds
+matches the trace's exact energy within 1 %, and an alarm flag raised in the
+tree fires its alert.  Also `promtool check metrics` on the live exposition.
 """
 
 import math
@@ -17,6 +20,7 @@ import yaml
 from exporter.sources.replay import trace_energy_joules
 from tests.support import prom
 from tests.support.daemon import Daemon, write_trace
+from tests.support.sysfs_boards import build_board
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -57,16 +61,23 @@ def test_dashboard_rules_and_energy_against_real_prometheus(tmp_path, record_pro
     exact_total, exact_rails = trace_energy_joules(trace)
     port = prom.free_port()
     target = "127.0.0.1:%d" % port
+    orin, nano = (build_board(tmp_path / key, key) for key in ("agx_orin", "nano"))
+    ports = [prom.free_port(), prom.free_port()]
+    board_targets = ["127.0.0.1:%d" % p for p in ports]
     config = prom.derive_config(target, scrape_interval="%ds" % SCRAPE_S)
+    config["scrape_configs"][0]["static_configs"][0]["targets"].extend(board_targets)
 
-    with prom.Prometheus(config) as prometheus:
+    with prom.Prometheus(config) as prometheus, \
+            Daemon("--source", "hwmon:" + str(orin.root), port=ports[0]) as orin_daemon, \
+            Daemon("--source", "hwmon:" + str(nano.root), port=ports[1]) as nano_daemon:
         # Prometheus syncs its targets a few seconds after start: start the replay only once it
         # scrapes (and fails), so the counter is first scraped within a scrape interval of its birth.
-        prometheus.wait_for('up{job="%s"}' % prom.JOB, timeout=15)
+        prometheus.wait_for('up{job="%s", instance="%s"}' % (prom.JOB, target), timeout=15)
         with Daemon("--source", "replay:" + trace, "--sample-hz", "100", port=port) as daemon:
             started = time.monotonic()
-            check_live(prometheus, daemon, target, started)
+            check_live(prometheus, [daemon, orin_daemon, nano_daemon], [target] + board_targets, started)
             total, rails, window = check_after_trace(prometheus, daemon, target, started)
+        check_alarm_fires(prometheus, orin, board_targets[0])
 
     error = (total - exact_total) / exact_total
     record_property("trace_energy_j", exact_total)
@@ -81,28 +92,30 @@ def test_dashboard_rules_and_energy_against_real_prometheus(tmp_path, record_pro
         assert rails[rail] == pytest.approx(joules, rel=0.01), rail
 
 
-def check_live(prometheus, daemon, target, started):
+def check_live(prometheus, daemons, targets, started):
     """While the trace plays: lint, scrapes, recording rules, variables and every dashboard query."""
+    daemon, target = daemons[0], targets[0]
     assert daemon.post("/api/v1/results", {"model": MODEL, "layers": RESULTS})[0] == 200
     assert daemon.post("/api/v1/layer", {"model": MODEL, "index": 3, "layer": "layer1.0.conv1",
                                          "op": "Conv2d", "state": "begin"})[0] == 200
 
     # promtool's own linter on what Prometheus is scraping.
-    lint = subprocess.run([prom.binary("promtool"), "check", "metrics"], input=daemon.metrics(),
-                          capture_output=True, text=True, timeout=30)
-    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), \
-        lint.stdout + lint.stderr
+    for each in daemons:
+        lint = subprocess.run([prom.binary("promtool"), "check", "metrics"], input=each.metrics(),
+                              capture_output=True, text=True, timeout=30)
+        assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), \
+            lint.stdout + lint.stderr
 
-    prometheus.wait_for_scrapes(5)
+    prometheus.wait_for_scrapes(5 * len(targets))  # five of each target
     for record in rule_records():
         prometheus.wait_for(record, timeout=10)
     assert time.monotonic() - started < TRACE_S - 2, "too slow: the trace ended before the checks"
 
     dashboard = prom.load_dashboard()
-    # Every metric the dashboard and the rules query is one this daemon exports.
+    # Every metric the dashboard and the rules query is one these daemons export.
     from prometheus_client.parser import text_string_to_metric_families
 
-    exported = {sample.name for family in text_string_to_metric_families(daemon.metrics())
+    exported = {sample.name for each in daemons for family in text_string_to_metric_families(each.metrics())
                 for sample in family.samples}
     with open(prom.RULES_YML) as handle:
         rule_exprs = [r["expr"] for g in yaml.safe_load(handle)["groups"] for r in g["rules"]]
@@ -111,12 +124,14 @@ def check_live(prometheus, daemon, target, started):
     queried = set().union(*(prom.queried_metrics(e) for e in exprs)) - prom.PROMETHEUS_SERIES
     assert queried <= exported, "queried but not exported: %s" % sorted(queried - exported)
 
-    variables = {"instance": target, "model": MODEL}  # a single selected value, as Grafana sends it
+    # Every board selected, as Grafana sends several values of a variable: a regex alternation.
+    variables = {"instance": "(%s)" % "|".join(targets), "model": MODEL}
     for name, query in prom.variable_queries(dashboard).items():
         expr = prom.substitute(prom.label_values_as_promql(query), variables, 60, SCRAPE_S)
         label = re.search(r",\s*(\w+)\s*\)\s*$", query).group(1)
         found = {item["metric"].get(label) for item in prometheus.query(expr)}
         assert {"instance": target, "model": MODEL}[name] in found, (name, expr, found)
+    assert set(targets) == {item["metric"].get("instance") for item in prometheus.query("up")}
 
     range_s = max(int(time.monotonic() - started) + 2, 5)
     empty = []
@@ -131,6 +146,22 @@ def check_live(prometheus, daemon, target, started):
     assert not unhealthy, unhealthy
     firing = [r["name"] for g in rules for r in g["rules"] if r["type"] == "alerting" and r["state"] != "inactive"]
     assert not firing, "alerts pending or firing on a healthy board: %s" % firing
+
+
+def check_alarm_fires(prometheus, tree, target):
+    """An alarm flag raised in the board's tree: the dashboard's series turns 1 and its alert fires."""
+    tree.set_alarm("VDD_GPU_SOC", "curr_crit_alarm", True)
+    sel = '{instance="%s", rail="VDD_GPU_SOC", kind="curr_crit"}' % target
+    prometheus.wait_for("jetson_power_alarm%s == 1" % sel, timeout=60)
+    deadline = time.monotonic() + 60
+    firing = []
+    while time.monotonic() < deadline:
+        firing = [a["labels"] for a in prometheus.api("alerts")["alerts"] if a["state"] == "firing"]
+        if any(a["alertname"] == "JetsonPowerMonitorAlarm" for a in firing):
+            break
+        time.sleep(0.2)
+    alarms = [a for a in firing if a["alertname"] == "JetsonPowerMonitorAlarm"]
+    assert [(a["instance"], a["rail"], a["kind"]) for a in alarms] == [(target, "VDD_GPU_SOC", "curr_crit")], firing
 
 
 def check_after_trace(prometheus, daemon, target, started):

@@ -7,7 +7,7 @@ into SI readings stamped with ``time.monotonic()``.
 import abc
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 
 class SourceUnavailable(Exception):
@@ -41,6 +41,39 @@ class Reading:
     energy_joules: Optional[float] = None
 
 
+@dataclass
+class Alarm:
+    """One alarm flag of a power monitor, as its driver reports it.
+
+    ``kind`` is the kernel attribute without its channel number (``curr_crit``
+    for ``curr1_crit_alarm``); ``rail`` is None for a chip-wide flag (the
+    INA3221 summation channel), whose ``chip`` then says which monitor it is.
+    """
+
+    name: str
+    rail: Optional[str]
+    kind: str
+    active: bool
+    chip: str = ""
+
+
+@dataclass
+class BoardAlarms:
+    """Alarm flags, current limits and throttle state, read when asked (never in the sampling loop).
+
+    ``current_limits`` maps (rail, ``crit``/``warn``) to amperes; ``oc_events`` and
+    ``oc_throttle_enabled`` map the over-current event (``oc1``...) to the kernel's
+    cumulative count and to whether it throttles; ``cooling`` maps a throttling
+    cooling device's type to (cur_state, max_state).
+    """
+
+    alarms: List[Alarm] = field(default_factory=list)
+    current_limits: Dict[Tuple[str, str], float] = field(default_factory=dict)
+    oc_events: Dict[str, int] = field(default_factory=dict)
+    oc_throttle_enabled: Dict[str, bool] = field(default_factory=dict)
+    cooling: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+
+
 class PowerSource(abc.ABC):
     """Base class: a sensor that yields :class:`Reading` objects.
 
@@ -59,6 +92,13 @@ class PowerSource(abc.ABC):
     @abc.abstractmethod
     def read(self) -> Reading:
         """One reading; raises :class:`SensorReadError` when the sensor fails."""
+
+    def read_alarms(self) -> Optional[BoardAlarms]:
+        """The board's alarm and throttle files; None when this source has none to read.
+
+        Raises :class:`SensorReadError` when the files are there but cannot be read.
+        """
+        return None
 
     def close(self) -> None:
         """Release files, sockets or child processes; safe to call twice."""

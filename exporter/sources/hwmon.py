@@ -14,6 +14,16 @@ world-readable files.  Three layouts exist on Jetson boards:
 * ``ina238`` hwmon driver (Thor carrier VIN): ``in1_input`` (mV, bus),
   ``curr1_input`` (mA), ``power1_input`` (uW) (Documentation/hwmon/ina238.rst).
 
+Alarm flags and current limits, where the driver has them: ``currN_crit_alarm``,
+``currN_max_alarm`` (and ``curr4_crit_alarm`` of the summation channel) with the
+limits ``currN_crit`` / ``currN_max`` on the mainline ina3221;
+``in1_min_alarm``, ``in1_max_alarm`` (bus voltage), ``curr1_min_alarm``,
+``curr1_max_alarm`` and ``power1_max_alarm`` on the ina238; on the L4T
+``ina3221x`` only the limits ``crit_current_limit_N`` / ``warn_current_limit_N``
+(its alerts drive the over-current throttle in hardware, no flag is readable).
+They are read by :meth:`HwmonSource.read_alarms` when asked, with the throttle
+files of :mod:`.throttle`, never in the sampling loop.
+
 Devices are found through the driver directories and the ``name`` attribute,
 never by ``hwmonN`` number: that index depends on probe order and changes
 between boots.  make_source() resolves the file list once; read() only re-reads the
@@ -25,10 +35,12 @@ the monitors up again and carries on if the same rails are there.
 import errno
 import os
 import re
+import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .base import PowerSource, Reading, SensorReadError, SourceUnavailable, now
+from . import throttle
+from .base import Alarm, BoardAlarms, PowerSource, Reading, SensorReadError, SourceUnavailable, now
 from .rails import NOT_CONNECTED, counted_rails, input_rail
 
 __all__ = ["HwmonSource", "open"]
@@ -154,10 +166,20 @@ def _device_key(device: str) -> Tuple[int, int, str]:
     return (1 << 30), 0, device
 
 
-class _Rail:
-    """The value files of one channel and how to turn them into SI units."""
+def _present(directory: str, files: List[Tuple[str, str]]) -> List[Tuple[str, str]]:
+    """(kind, path) of the ``(kind, file)`` pairs this driver created in ``directory``."""
+    paths = [(kind, os.path.join(directory, name)) for kind, name in files]
+    return [(kind, path) for kind, path in paths if os.path.exists(path)]
 
-    __slots__ = ("name", "volts_path", "amps_path", "watts_path", "watts_scale")
+
+class _Rail:
+    """The value files of one channel and how to turn them into SI units.
+
+    ``alarms`` and ``limits`` are (kind, path) of its alarm flags and of its
+    current limits (mA), as far as the driver has them.
+    """
+
+    __slots__ = ("name", "volts_path", "amps_path", "watts_path", "watts_scale", "alarms", "limits")
 
     def __init__(self, name: str, volts_path: str, amps_path: str,
                  watts_path: Optional[str] = None, watts_scale: float = 0.0) -> None:
@@ -166,6 +188,8 @@ class _Rail:
         self.amps_path = amps_path
         self.watts_path = watts_path
         self.watts_scale = watts_scale
+        self.alarms = []  # type: List[Tuple[str, str]]
+        self.limits = []  # type: List[Tuple[str, str]]
 
 
 class _Monitor:
@@ -175,6 +199,7 @@ class _Monitor:
         self.driver = driver
         self.device = device
         self.rails = []  # type: List[_Rail]
+        self.chip_alarms = []  # type: List[Tuple[str, str]]  # (kind, path) of flags for no one rail
         self.interval_s = _DEFAULT_INTERVAL_S[driver]
         self.interval_from_driver = False
 
@@ -208,13 +233,15 @@ def _l4t_monitor(device: str, iio_dir: str) -> _Monitor:
         if not label or label.upper() in NOT_CONNECTED:
             continue
         power = os.path.join(iio_dir, f"in_power{ch}_input")
-        monitor.rails.append(_Rail(
+        rail = _Rail(
             label,
             os.path.join(iio_dir, f"in_voltage{ch}_input"),
             os.path.join(iio_dir, f"in_current{ch}_input"),
             power if os.path.exists(power) else None,
             1e-3,
-        ))
+        )
+        rail.limits = _present(iio_dir, [("crit", f"crit_current_limit_{ch}"), ("warn", f"warn_current_limit_{ch}")])
+        monitor.rails.append(rail)
     return monitor
 
 
@@ -233,7 +260,12 @@ def _ina3221_monitor(device: str, hwmon_dir: str) -> _Monitor:
             label = f"{monitor.driver}_{device}_ch{ch}"
         elif not label or label.upper() in NOT_CONNECTED:
             continue
-        monitor.rails.append(_Rail(label, volts, os.path.join(hwmon_dir, f"curr{ch}_input")))
+        rail = _Rail(label, volts, os.path.join(hwmon_dir, f"curr{ch}_input"))
+        # currN_max is the chip's warning limit (averaged current), currN_crit its critical one.
+        rail.alarms = _present(hwmon_dir, [("curr_crit", f"curr{ch}_crit_alarm"), ("curr_max", f"curr{ch}_max_alarm")])
+        rail.limits = _present(hwmon_dir, [("crit", f"curr{ch}_crit"), ("warn", f"curr{ch}_max")])
+        monitor.rails.append(rail)
+    monitor.chip_alarms = _present(hwmon_dir, [("curr_sum_crit", "curr4_crit_alarm")])
     monitor.set_interval_from(os.path.join(hwmon_dir, "update_interval"))
     return monitor
 
@@ -243,13 +275,17 @@ def _ina238_monitor(device: str, hwmon_dir: str) -> _Monitor:
     # The driver has no channel labels; the hwmon core publishes ``label``
     # when the device tree names the chip.  Unnamed, it is Thor's VIN monitor.
     label = _read_text(os.path.join(hwmon_dir, "label")) or "VIN"
-    monitor.rails.append(_Rail(
+    rail = _Rail(
         label,
         os.path.join(hwmon_dir, "in1_input"),
         os.path.join(hwmon_dir, "curr1_input"),
         os.path.join(hwmon_dir, "power1_input"),
         1e-6,
-    ))
+    )
+    rail.alarms = _present(hwmon_dir, [
+        ("in_min", "in1_min_alarm"), ("in_max", "in1_max_alarm"), ("curr_min", "curr1_min_alarm"),
+        ("curr_max", "curr1_max_alarm"), ("power_max", "power1_max_alarm")])
+    monitor.rails.append(rail)
     monitor.set_interval_from(os.path.join(hwmon_dir, "update_interval"))
     return monitor
 
@@ -306,6 +342,45 @@ def _discover(root: str) -> List[_Monitor]:
     return sorted(found.values(), key=lambda m: (_device_key(m.device), m.driver))
 
 
+class _AlarmFiles:
+    """Every alarm, limit and throttle file of the board, held open and read together."""
+
+    def __init__(self, root: str, monitors: List[_Monitor]) -> None:
+        self.monitors = monitors
+        entries = []  # type: List[throttle.Entry]
+        for monitor in monitors:
+            for rail in monitor.rails:
+                for kind, path in rail.alarms:
+                    attr = os.path.basename(path)
+                    entries.append(("alarm", Alarm(f"{rail.name} {attr}", rail.name, kind, False), path))
+                for kind, path in rail.limits:
+                    entries.append(("limit", (rail.name, kind), path))
+            for kind, path in monitor.chip_alarms:
+                name = f"{monitor.label} {os.path.basename(path)}"
+                entries.append(("alarm", Alarm(name, None, kind, False, monitor.label), path))
+        entries += throttle.discover(root)
+        self._entries = entries
+        self._files = _ValueFiles([path for _, _, path in entries])
+
+    def read(self) -> BoardAlarms:
+        board = BoardAlarms()
+        for (slot, key, _), value in zip(self._entries, self._files.read()):
+            if slot == "alarm":
+                board.alarms.append(Alarm(key.name, key.rail, key.kind, value != 0, key.chip))
+            elif slot == "limit":
+                board.current_limits[key] = value * 1e-3
+            elif slot == "oc_events":
+                board.oc_events[key] = value
+            elif slot == "oc_enabled":
+                board.oc_throttle_enabled[key] = value != 0
+            else:
+                board.cooling[key[0]] = (value, key[1])
+        return board
+
+    def close(self) -> None:
+        self._files.close()
+
+
 def _board_model(root: str) -> str:
     model = _read_text(os.path.join(root, "firmware", "devicetree", "base", "model"))
     return model or "unknown"
@@ -332,6 +407,8 @@ class HwmonSource(PowerSource):
         self._rails = tuple(rails)
         self._files = _ValueFiles([path for r in rails for path in (r.volts_path, r.amps_path, r.watts_path) if path])
         self._files_gone = False
+        self._alarm_files = None  # type: Optional[_AlarmFiles]
+        self._alarm_lock = threading.Lock()  # read_alarms() runs in HTTP handler threads
         self.rail_names = tuple(r.name for r in rails)
         self.input_rail = input_rail(dict.fromkeys(self.rail_names, 0.0))
         self._counted = counted_rails(self.rail_names)  # fixed per board: not worked out per read
@@ -373,8 +450,30 @@ class HwmonSource(PowerSource):
         stamp = now()
         return Reading(stamp, sum([rails[n] for n in self._counted]), rails, volts, amperes)
 
+    def read_alarms(self) -> BoardAlarms:
+        """The alarm flags, current limits and throttle state, read now.
+
+        The files are found again after a failed read (a chip rebound under
+        another ``hwmonN``) and after the sampler found the monitors again.
+        """
+        with self._alarm_lock:
+            files = self._alarm_files
+            if files is not None and files.monitors is self._monitors:
+                try:
+                    return files.read()
+                except SensorReadError:
+                    pass
+            if files is not None:
+                files.close()
+            files = self._alarm_files = _AlarmFiles(self.root, self._monitors)
+            return files.read()
+
     def close(self) -> None:
         self._files.close()
+        with self._alarm_lock:
+            if self._alarm_files is not None:
+                self._alarm_files.close()
+                self._alarm_files = None
 
     def describe(self) -> Dict[str, str]:
         facts = super().describe()

@@ -225,6 +225,12 @@ def substitute(expr: str, variables: Dict[str, str], range_s: int, scrape_interv
 # Series Prometheus makes itself for every target, not the exporter.
 PROMETHEUS_SERIES = {"up"}
 
+# Documented metrics that only a source with alarm files (hwmon) exports, the read-error counter only
+# after a failed read: tests/test_alarms.py sees each of them exported.
+ALARM_METRICS = {"jetson_power_alarm", "jetson_power_rail_current_limit_amperes",
+                 "jetson_power_alarm_read_errors_total", "jetson_throttle_events_total", "jetson_throttle_enabled",
+                 "jetson_throttle_active"}
+
 
 def contract_metrics():
     """The metrics the README documents (the rows of its "## Metrics" table, not the renamed ones below it)."""

@@ -9,7 +9,12 @@
   ``bus/i2c/drivers/<driver>/N-00AA``, ``class/hwmon/hwmonN``,
   ``bus/iio/devices/iio:deviceN``, each device's ``driver`` and each hwmon's
   ``device`` link;
-* ``firmware/devicetree/base/model`` (NUL-terminated, as the kernel prints it).
+* ``firmware/devicetree/base/model`` (NUL-terminated, as the kernel prints it);
+* the alarm files each driver creates (``currN_crit_alarm`` ... on the ina3221,
+  ``in1_min_alarm`` ... on the ina238, the limits ``crit_current_limit_N`` on the
+  L4T ina3221x), the Orin ``soctherm_oc`` hwmon device with its
+  ``ocN_event_cnt`` / ``ocN_throt_en`` (``devices/platform/soctherm-oc-event``),
+  and ``class/thermal/cooling_deviceN`` (``type``, ``cur_state``, ``max_state``).
 
 Rail names and idle values come from the tegrastats lines in
 ``shared/fixtures/tegrastats-samples.tsv``; addresses and bus paths from the
@@ -18,7 +23,8 @@ drivers' units (mV, mA; mW for ``in_powerN_input``, uW for ``power1_input``)
 and the expected watts are computed from the same integers.
 
 The returned :class:`BoardTree` can change a rail while a source is running
-(``set_rail``), rename hwmon directories as a reboot would
+(``set_rail``), raise an alarm or a throttle (``set_alarm``, ``set_oc_events``,
+``set_cooling``), rename hwmon directories as a reboot would
 (``renumber_hwmon``), and says what a correct source must report
 (``rails``, ``volts``, ``amperes``, ``expected_total_w``,
 ``expected_update_interval_s``, ``model``).
@@ -64,6 +70,8 @@ class Board:
     total: Tuple[str, ...]  # rails whose sum is the board total (NVIDIA topology)
     other_hwmon: Tuple[str, ...] = ()  # non-INA hwmon chips (names) on the board
     hwmon_start: int = 0
+    oc_events: bool = False  # the T234 soctherm_oc hwmon device (JetPack 5/6 Orin, Thor)
+    cooling: Tuple[Tuple[str, int], ...] = ()  # thermal cooling devices: (type, max_state)
 
 
 T210_I2C6 = "50000000.host1x/546c0000.i2c"  # Nano: VI I2C, i2c-6 (no platform/ on L4T 32)
@@ -86,6 +94,8 @@ BOARDS = {
             _ch("POM_5V_IN", 4968, 352), _ch("POM_5V_GPU", 4968, 16), _ch("POM_5V_CPU", 4968, 74)])],
         ("POM_5V_IN",),
         other_hwmon=("pwmfan",),
+        # L4T 32: the fan, and the soctherm throttles the thermal zones' passive trips drive
+        cooling=(("pwm-fan", 3), ("cpu-balanced", 3), ("gpu-balanced", 3)),
     ),
     # L4T 32: module monitors 0x40/0x41, carrier board monitors 0x42/0x43.
     "tx2": Board(
@@ -133,6 +143,8 @@ BOARDS = {
         ("VDD_IN",),
         other_hwmon=("pwmfan",),
         hwmon_start=1,
+        oc_events=True,
+        cooling=(("pwm-fan", 10),),  # Orin throttles thermally in BPMP firmware: only the fan is a device
     ),
     # No input rail; VDDQ_VDD2_1V8AO is fed from VIN_SYS_5V0, so it is not added.
     # 1-0041 channel 1 is labelled NC (not connected), channel 3 is disabled.
@@ -148,6 +160,8 @@ BOARDS = {
         ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0"),
         other_hwmon=("pwmfan",),
         hwmon_start=1,
+        oc_events=True,
+        cooling=(("pwm-fan", 10),),
     ),
     # Carrier INA238 on VIN (the system input) plus the module INA3221.
     "thor": Board(
@@ -161,6 +175,7 @@ BOARDS = {
         ("VIN",),
         other_hwmon=("pwmfan",),
         hwmon_start=1,
+        oc_events=True,
     ),
     # Jetson Nano 2GB: no power monitor at all, only the fan's hwmon.
     "nano_2gb": Board("NVIDIA Jetson Nano 2GB Developer Kit", [], (), other_hwmon=("pwmfan",)),
@@ -316,6 +331,37 @@ class BoardTree:
         rail.write()
         return self.rails[name]
 
+    def alarm_file(self, rail: str, attribute: str) -> Path:
+        """The file of a rail's alarm or limit, by the driver's attribute without its channel:
+        ``curr_crit_alarm`` is ``curr2_crit_alarm`` on an ina3221's channel 2, ``in_min_alarm``
+        is the ina238's ``in1_min_alarm``; ``crit_current_limit`` is the L4T driver's
+        ``crit_current_limit_N``."""
+        files = self._rails[rail]
+        if files.monitor.driver == "ina3221x":
+            return files.directory / ("%s_%d" % (attribute, files.index))
+        head, _, tail = attribute.partition("_")
+        return files.directory / ("%s%d_%s" % (head, files.index, tail))
+
+    def set_alarm(self, rail: str, attribute: str, active: bool) -> Path:
+        """Raise or clear a rail's alarm flag, as the chip's alert does; returns the file."""
+        path = self.alarm_file(rail, attribute)
+        if not path.exists():
+            raise ValueError("the %s driver has no %s" % (self._rails[rail].monitor.driver, path.name))
+        _write(path, "1\n" if active else "0\n")
+        return path
+
+    def set_oc_events(self, event: str, count: int) -> None:
+        """Set the soctherm_oc counter of ``event`` (``oc1``..``oc3``) as the BPMP counts it."""
+        _write(self.hwmon_dirs["soctherm_oc"] / ("%s_event_cnt" % event), "%d\n" % count)
+
+    def set_cooling(self, kind: str, state: int) -> None:
+        """Put the cooling device of type ``kind`` in ``state`` (0: not throttling)."""
+        for device in sorted((self.root / "class" / "thermal").iterdir()):
+            if (device / "type").read_text().strip() == kind:
+                _write(device / "cur_state", "%d\n" % state)
+                return
+        raise KeyError(kind)
+
     def set_update_interval(self, device: str, ms: int) -> None:
         """Write a mainline driver's ``update_interval`` (as ``samples`` would change it)."""
         _write(self.hwmon_dirs[device] / "update_interval", "%d\n" % ms)
@@ -399,6 +445,11 @@ def _build_mainline(root: Path, monitor: Monitor, index: int, tree: BoardTree) -
         (hwmon / "shunt_resistor").write_text("2000\n")
         (hwmon / "in0_input").write_text("%d\n" % (channel.ma * 2 // 1000))  # shunt mV
         (hwmon / "temp1_input").write_text("41250\n")
+        # Limits at the driver's power-on defaults, alarms down (Documentation/hwmon/ina238.rst).
+        for name, value in (("in0_min", -163840), ("in0_max", 163835), ("in1_min", 0), ("in1_max", 102396),
+                            ("power1_max", 0), ("temp1_max", 255875)):
+            (hwmon / name).write_text("%d\n" % value)
+            (hwmon / (name + "_alarm")).write_text("0\n")
         if monitor.publishes_interval:
             (hwmon / "update_interval").write_text("50\n")
         rail = _RailFiles(monitor, channel, hwmon, 1)
@@ -430,6 +481,7 @@ def _build_mainline(root: Path, monitor: Monitor, index: int, tree: BoardTree) -
     (hwmon / "in7_input").write_text("%d\n" % shunt_sum_uv)
     (hwmon / "curr4_input").write_text("%d\n" % current_sum)
     (hwmon / "curr4_crit").write_text("32760\n")
+    (hwmon / "curr4_crit_alarm").write_text("0\n")
     (hwmon / "samples").write_text("%d\n" % monitor.samples)
     if monitor.publishes_interval:
         (hwmon / "update_interval").write_text("%d\n" % _update_interval_ms(monitor))
@@ -444,7 +496,7 @@ def build_board(root: PathLike, key: str, hwmon_start: Optional[int] = None) -> 
         [Monitor(m.driver, m.controller, m.bus, m.address,
                  [Channel(c.label, c.mv, c.ma, c.enabled) for c in m.channels],
                  m.samples, m.publishes_interval) for m in board.monitors],
-        board.total, board.other_hwmon, board.hwmon_start,
+        board.total, board.other_hwmon, board.hwmon_start, board.oc_events, board.cooling,
     )
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -471,6 +523,21 @@ def build_board(root: PathLike, key: str, hwmon_start: Optional[int] = None) -> 
         else:
             _build_mainline(root, monitor, index, tree)
             index += 1
+    if board.oc_events:
+        hwmon = _build_hwmon_chip(root, root / "devices" / "platform" / "soctherm-oc-event", "soctherm_oc", index)
+        for event in (1, 2, 3):
+            (hwmon / ("oc%d_event_cnt" % event)).write_text("0\n")
+            (hwmon / ("oc%d_throt_en" % event)).write_text("1\n")
+        tree.hwmon_dirs["soctherm_oc"] = hwmon
+    thermal = root / "class" / "thermal"
+    thermal.mkdir(parents=True)
+    for n, (kind, max_state) in enumerate(board.cooling):
+        device = root / "devices" / "virtual" / "thermal" / ("cooling_device%d" % n)
+        device.mkdir(parents=True)
+        (device / "type").write_text(kind + "\n")
+        (device / "max_state").write_text("%d\n" % max_state)
+        (device / "cur_state").write_text("0\n")
+        _link(thermal / device.name, device)
     return tree
 
 
