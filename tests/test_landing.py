@@ -203,3 +203,30 @@ def test_live_page_in_headless_chromium_draws_moves_and_shows_the_profiler(brows
 
     log = browser.get_log("browser")
     assert not [e for e in log if "Content Security Policy" in e["message"] or e["source"] == "javascript"], log
+
+
+@pytest.mark.slow
+def test_live_page_shows_an_active_alarm_and_over_current_throttling(browser, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT_S, poll_frequency=0.1)
+    tree = build_board(tmp_path / "sys", "agx_orin")
+    with Daemon("--source", "hwmon:" + str(tree.root)) as daemon:
+        browser.get(daemon.url + "/")
+        wait.until(lambda b: int(_attribute(b, "chart", "data-points") or 0) >= 1)
+        assert not browser.find_element("id", "simulated").is_displayed(), "real hardware: no banner"
+        assert not browser.find_element("id", "alarms").is_displayed()
+
+        tree.set_alarm("VDD_CPU_CV", "curr_crit_alarm", True)
+        tree.set_oc_events("oc3", 12)
+        wait.until(lambda b: b.find_element("id", "alarms").is_displayed())
+        text = browser.find_element("id", "alarms").text
+        assert text.startswith("ALARM") and "VDD_CPU_CV" in text and "(curr_crit)" in text, text
+        wait.until(lambda b: b.find_element("id", "throttle").text.endswith("oc3 \u00d7 12"))
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        browser.save_screenshot(os.path.join(ARTIFACTS, "landing-alarm.png"))
+
+        tree.set_alarm("VDD_CPU_CV", "curr_crit_alarm", False)
+        wait.until(lambda b: not b.find_element("id", "alarms").is_displayed())
+    log = browser.get_log("browser")
+    assert not [e for e in log if "Content Security Policy" in e["message"] or e["source"] == "javascript"], log

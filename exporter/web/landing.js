@@ -223,27 +223,31 @@
     setTimeout(tickLayers, POLL_MS);
   }
 
-  // -- alarms (a daemon without alarm support answers 404: nothing to show) --
+  // -- alarms and throttling (/api/v1/alarms; a daemon without them answers 404: nothing to show) --
   function showAlarms(alarms) {
     const box = $("alarms");
     box.hidden = !alarms.active.length;
-    if (!alarms.active.length) return;
-    const list = element("ul");
-    for (const a of alarms.active) {
-      list.append(element("li", "", a.name + (a.rail ? " on " + a.rail : "") + " (" + a.kind + ")"
-        + (now === null ? "" : ", for " + si(Math.max(0, now - a.since), "s"))));
+    if (alarms.active.length) {
+      const list = element("ul");
+      for (const a of alarms.active) {
+        list.append(element("li", "", a.name + " (" + a.kind + ")"  // the name says the rail or chip
+          + (now === null ? "" : ", for " + si(Math.max(0, now - a.since), "s"))));
+      }
+      box.replaceChildren(element("span", "", "ALARM"), list);
     }
-    box.replaceChildren(element("span", "", "ALARM"), list);
+    // over-current throttling counts since boot: history, not an alarm, so shown apart
+    const counts = (alarms.throttle || {}).over_current || {};
+    const seen = Object.keys(counts).filter((kind) => counts[kind].events > 0);
+    $("throttle").hidden = !seen.length;
+    $("throttle").textContent = "Over-current throttling events since boot: "
+      + seen.map((kind) => kind + " \u00d7 " + counts[kind].events).join(", ");
   }
 
   async function tickAlarms() {
     try {
       showAlarms(await getJSON("/api/v1/alarms"));
     } catch (error) {
-      if (error.status === 404) {
-        $("alarms").hidden = true;
-        return;
-      }
+      if (error.status === 404) return;  // this daemon has no alarm support
     }
     setTimeout(tickAlarms, POLL_MS);
   }
