@@ -65,7 +65,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     sampler = Sampler(source, sample_hz=settings["sample_hz"], buffer_s=settings["buffer_seconds"])
     layers = LayerBoard(max_models=settings["max_models"], max_layers=settings["max_layers"],
-                        active_timeout_s=settings["active_layer_timeout"])
+                        active_timeout_s=settings["active_layer_timeout"],
+                        max_power_modes=settings["max_power_modes"])
     sampler.add_listener(layers.on_interval)
     try:
         server = ExporterServer((host, port), sampler, layers, write_token=token, tls=tls)

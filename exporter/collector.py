@@ -176,10 +176,40 @@ class PowerCollector:
             seconds.add_metric(list(key), snap.active_s.get(key, 0.0))
         yield energy
         yield seconds
+        yield from _inference_metrics(snap.inference)
         yield CounterMetricFamily(
             "jetson_exporter_layer_series_evicted",
             "Layer series dropped to keep the label sets bounded (least recently updated model first).",
             value=snap.evicted_total)
+
+
+INFERENCE_LABELS = ["model", "power_mode"]
+# one forward pass of the whole model on a batch, last profile of the model in each power mode
+INFERENCE_FAMILIES = (
+    ("jetson_inference_energy_joules", "Energy per inference (one forward pass of the batch), last profile in "
+     "the power mode, in joules.", lambda r: r.energy_j),
+    ("jetson_inference_dynamic_energy_joules", "Energy per inference above the idle baseline, last profile in "
+     "the power mode, in joules.", lambda r: r.dynamic_energy_j),
+    ("jetson_inference_latency_seconds", "Duration of one inference, last profile in the power mode, in seconds.",
+     lambda r: r.latency_s),
+    ("jetson_inference_power_watts", "Mean power during an inference, last profile in the power mode, in watts.",
+     lambda r: r.power_w),
+    ("jetson_inference_per_joule", "Inferences per joule of energy (the inverse of the energy per inference), "
+     "last profile in the power mode.", lambda r: 1.0 / r.energy_j if r.energy_j > 0 else None),
+    ("jetson_inference_batch_size", "Samples per inference in the last profile in the power mode.",
+     lambda r: float(r.batch_size)),
+)
+
+
+def _inference_metrics(inference: dict) -> Iterator[Metric]:
+    for name, doc, value in INFERENCE_FAMILIES:
+        family = GaugeMetricFamily(name, doc, labels=INFERENCE_LABELS)
+        for model, results in sorted(inference.items()):
+            for r in sorted(results, key=lambda r: r.power_mode):
+                v = value(r)
+                if v is not None:
+                    family.add_metric([model, r.power_mode], v)
+        yield family
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

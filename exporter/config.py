@@ -90,6 +90,9 @@ SETTINGS: Dict[str, Tuple[Any, Callable[[Any], Any], str]] = {
     "tls_client_ca": (None, _optional_str, "PEM CA bundle: require client certificates (mTLS)"),
     "max_models": (5, _positive_int, "models whose layer series are kept (least recently updated evicted)"),
     "max_layers": (1000, _positive_int, "layers per model accepted by the write API"),
+    "max_power_modes": (16, _positive_int,
+                        "power modes per model whose energy-per-inference series are kept (least recently updated "
+                        "evicted)"),
     "active_layer_timeout": (300.0, _positive_float, "seconds after which an unended active layer expires"),
 }
 

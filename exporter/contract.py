@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 LAYER_PATH = "/api/v1/layer"
 RESULTS_PATH = "/api/v1/results"
+INFERENCE_PATH = "/api/v1/inference"
 ENERGY_PATH = "/api/v1/energy"
 SAMPLES_PATH = "/api/v1/samples"
 SOURCE_PATH = "/api/v1/source"
@@ -23,12 +24,13 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_LABEL_CHARS = 128
 MIN_TOKEN_CHARS = 16  # the bearer token of --write-token-file, which the profiler's --token-file holds too
 MAX_DEPTH = 4  # {"layers": [{...}]} is three deep; one level of slack
-LABEL_RE = re.compile(r"^[A-Za-z0-9_.:/+\-\[\]() ]+$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_.:/+\-\[\]() ]+\Z")  # \Z: "$" would let a final newline through
 STATES = ("begin", "end")
 
 # Field kinds.
 LABEL = "label"  # non-empty string of at most MAX_LABEL_CHARS from LABEL_RE: it becomes a metric label
 COUNT = "count"  # non-negative integer (not a bool)
+SIZE = "size"  # positive integer (not a bool)
 AMOUNT = "amount"  # finite number >= 0
 SIGNED = "signed"  # finite number (dynamic energy may be slightly negative)
 STATE = "state"  # one of STATES
@@ -38,6 +40,10 @@ Fields = Sequence[Tuple[str, str]]
 LAYER_EVENT_FIELDS = (("model", LABEL), ("index", COUNT), ("layer", LABEL), ("op", LABEL), ("state", STATE))
 RESULT_ROW_FIELDS = (("index", COUNT), ("layer", LABEL), ("op", LABEL), ("energy_j", AMOUNT),
                      ("dynamic_energy_j", SIGNED), ("duration_s", AMOUNT), ("power_w", AMOUNT))
+# Energy per inference (one forward pass of a batch of batch_size samples), the last profile of the model in
+# that power mode (nvpmodel's name, "unknown" off-Jetson); the daemon derives inferences per joule.
+INFERENCE_FIELDS = (("model", LABEL), ("power_mode", LABEL), ("batch_size", SIZE), ("latency_s", AMOUNT),
+                    ("energy_j", AMOUNT), ("dynamic_energy_j", SIGNED), ("power_w", AMOUNT))
 RESULTS_FIELDS = ("model", "layers", "replace")  # "replace" defaults to true: drop the model's older rows
 # What the profiler needs from GET /api/v1/energy; the answer carries more (start, end, rails, mean_watts).
 ENERGY_ANSWER_FIELDS = (("total_joules", SIGNED), ("samples", COUNT), ("covered_seconds", AMOUNT))
@@ -64,6 +70,10 @@ def _value(obj: Dict[str, Any], key: str, kind: str, where: str) -> Any:
     if kind == COUNT:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ContractError("%s: %r must be a non-negative integer" % (where, key))
+        return value
+    if kind == SIZE:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ContractError("%s: %r must be a positive integer" % (where, key))
         return value
     if kind in (AMOUNT, SIGNED):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -150,6 +160,15 @@ def check_results(data: Dict[str, Any]) -> Tuple[str, List[Dict[str, Any]], bool
     replace = _value(data, "replace", FLAG, "results") if "replace" in data else True
     rows = [check(item, RESULT_ROW_FIELDS, "results.layers[%d]" % n) for n, item in enumerate(layers)]
     return model, rows, replace
+
+
+def check_inference(data: Dict[str, Any]) -> Dict[str, Any]:
+    return check(data, INFERENCE_FIELDS, "inference")
+
+
+def inference_body(figures: Dict[str, Any]) -> bytes:
+    """The body of an energy-per-inference write (INFERENCE_FIELDS), refused here when outside the contract."""
+    return _dump(check_inference(figures))
 
 
 def layer_event(model: str, index: int, layer: str, op: str, state: str) -> bytes:

@@ -1,21 +1,24 @@
-"""What the profiler told the daemon: the active layer, the last results, per-layer counters.
+"""What the profiler told the daemon: the active layer, the last results, per-layer counters, and the
+energy per inference of each model's last profile in each power mode.
 
 The daemon integrates ``jetson_layer_energy_joules_total`` itself: the sampler
 reports every integrated interval, and the part of it that overlaps a layer's
 active period is charged to that layer.  Label sets stay bounded: at most
 ``max_models`` models (least recently updated evicted first) with at most
-``max_layers`` layers each; an active layer that never ends expires.
+``max_layers`` layers and ``max_power_modes`` power modes (least recently
+updated evicted first) each; an active layer that never ends expires.
 """
 
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 INDEX_WIDTH = 4  # zero-padded so dashboards sort label values in execution order
 RESULT_SERIES = 4  # energy, dynamic energy, duration, power gauges per layer result
 COUNTER_SERIES = 2  # energy and active-seconds counters per layer
+INFERENCE_SERIES = 6  # energy, dynamic energy, latency, power, per-joule and batch-size gauges per power mode
 # Ended periods wait here for the sampler's next interval; while the sensor is down nothing drains
 # them, so the oldest go (they lie inside the gap, which is never integrated anyway).
 MAX_CLOSING = 10000
@@ -37,6 +40,18 @@ class LayerResult:
 
 
 @dataclass(frozen=True)
+class InferenceResult:
+    """One forward pass of the whole model on a batch, as the last profile in ``power_mode`` measured it."""
+
+    power_mode: str
+    batch_size: int
+    latency_s: float
+    energy_j: float
+    dynamic_energy_j: float
+    power_w: float
+
+
+@dataclass(frozen=True)
 class ActiveLayer:
     model: str
     index: int
@@ -51,6 +66,7 @@ class _Model:
     energy_j: Dict[str, float]  # per layer label, integrated by the daemon
     active_s: Dict[str, float]
     active: Optional[ActiveLayer] = None
+    inference: "OrderedDict[str, InferenceResult]" = field(default_factory=OrderedDict)  # by power mode
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,7 @@ class LayersSnapshot:
     energy_j: Dict[Tuple[str, str], float]
     active_s: Dict[Tuple[str, str], float]
     evicted_total: int
+    inference: Dict[str, Tuple[InferenceResult, ...]]  # model -> one per power mode, oldest first
 
 
 class LayerLimitError(ValueError):
@@ -67,9 +84,11 @@ class LayerLimitError(ValueError):
 
 
 class LayerBoard:
-    def __init__(self, max_models: int = 5, max_layers: int = 1000, active_timeout_s: float = 300.0):
+    def __init__(self, max_models: int = 5, max_layers: int = 1000, active_timeout_s: float = 300.0,
+                 max_power_modes: int = 16):
         self.max_models = max_models
         self.max_layers = max_layers
+        self.max_power_modes = max_power_modes
         self.active_timeout_s = active_timeout_s
         self._lock = threading.Lock()
         self._models: OrderedDict[str, _Model] = OrderedDict()
@@ -84,7 +103,7 @@ class LayerBoard:
             while len(self._models) > self.max_models:
                 _, old = self._models.popitem(last=False)
                 self._evicted += RESULT_SERIES * len(old.results) + COUNTER_SERIES * len(old.energy_j) + (
-                    1 if old.active else 0)
+                    1 if old.active else 0) + INFERENCE_SERIES * len(old.inference)
         self._models.move_to_end(name)
         return model
 
@@ -129,6 +148,16 @@ class LayerBoard:
             for result in layers:
                 entry.results[result.index] = result
 
+    def set_inference(self, model: str, result: InferenceResult) -> None:
+        """Replace the model's energy per inference in ``result.power_mode``; other modes stay."""
+        with self._lock:
+            modes = self._model(model).inference
+            modes[result.power_mode] = result
+            modes.move_to_end(result.power_mode)
+            while len(modes) > self.max_power_modes:
+                modes.popitem(last=False)
+                self._evicted += INFERENCE_SERIES
+
     def on_interval(self, start: float, end: float, joules: float) -> None:
         """Sampler listener: charge the overlap of (start, end] with active periods."""
         span = end - start
@@ -169,4 +198,5 @@ class LayerBoard:
                 energy_j={(name, layer): j for name, m in self._models.items() for layer, j in m.energy_j.items()},
                 active_s={(name, layer): s for name, m in self._models.items() for layer, s in m.active_s.items()},
                 evicted_total=self._evicted,
+                inference={name: tuple(m.inference.values()) for name, m in self._models.items() if m.inference},
             )

@@ -421,7 +421,8 @@ class Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self):
-        self._dispatch({"/api/v1/layer": self.api_layer, "/api/v1/results": self.api_results})
+        self._dispatch({"/api/v1/layer": self.api_layer, "/api/v1/results": self.api_results,
+                        "/api/v1/inference": self.api_inference})
 
     # -- reads -----------------------------------------------------------
     def metrics(self):
@@ -587,6 +588,12 @@ class Handler(BaseHTTPRequestHandler):
             raise validate.BadRequest(str(exc), 422) from None
         self.server.metrics_cache.written()
         self._json(200, {"ok": True, "layers": len(data["layers"])})
+
+    def api_inference(self):
+        data = validate.inference(self._authorized_body())
+        self.server.layers.set_inference(data["model"], data["result"])
+        self.server.metrics_cache.written()
+        self._json(200, {"ok": True})
 
 
 def _close_gracefully(sock: socket.socket) -> None:

@@ -11,9 +11,9 @@ from . import contract
 from .contract import MAX_BODY_BYTES
 from .contract import ContractError as BadRequest
 from .contract import parse_body as parse_json
-from .layers import LayerResult
+from .layers import InferenceResult, LayerResult
 
-__all__ = ["MAX_BODY_BYTES", "BadRequest", "layer_event", "parse_json", "results"]
+__all__ = ["MAX_BODY_BYTES", "BadRequest", "inference", "layer_event", "parse_json", "results"]
 
 
 def layer_event(data: Dict[str, Any]) -> Dict[str, Any]:
@@ -25,3 +25,9 @@ def results(data: Dict[str, Any]) -> Dict[str, Any]:
     """``model``, ``layers`` (LayerResult rows) and ``replace`` for :meth:`LayerBoard.set_results`."""
     model, rows, replace = contract.check_results(data)
     return {"model": model, "layers": [LayerResult(**row) for row in rows], "replace": replace}
+
+
+def inference(data: Dict[str, Any]) -> Dict[str, Any]:
+    """``model`` and ``result`` (an InferenceResult) for :meth:`LayerBoard.set_inference`."""
+    row = contract.check_inference(data)
+    return {"model": row.pop("model"), "result": InferenceResult(**row)}

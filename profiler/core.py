@@ -18,6 +18,7 @@ from .measure import Schedule, Unit
 from .meter import open_meter
 from .models import safe_name
 from .push import LivePush
+from .report import power_mode
 from .result import ProfileResult, build_result
 
 
@@ -138,7 +139,13 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
             result.meta["method"] = "both"
             result.comparison = compare(isolated, result)
     push.results(result.layers)
+    push.inference(result.inference, power_mode(result.meta))
     return result
+
+
+def batch_size(tensor: Optional[torch.Tensor]) -> int:
+    """Samples in one inference: the first dimension of the first input tensor (1 for a scalar or none)."""
+    return int(tensor.shape[0]) if tensor is not None and tensor.dim() else 1
 
 
 def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, granularity: str,
@@ -176,6 +183,7 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
                         if tensor is not None and tensor.device.type == "cuda" else platform.processor() or None),
         "dtype": str(tensor.dtype).replace("torch.", "") if tensor is not None else None,
         "input_shape": list(tensor.shape) if tensor is not None else None,
+        "batch_size": batch_size(tensor),
         "started_utc": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
         "wall_s": time.time() - started,
         "samples_time_origin": min((s.t for s in schedule.samples), default=None),

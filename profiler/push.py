@@ -5,7 +5,7 @@ the first failure prints one warning and turns pushing off.
 """
 
 import math
-from typing import Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from exporter import contract
 
@@ -49,3 +49,17 @@ class LivePush:
                 "duration_s": layer.duration_s, "power_w": max(0.0, layer.power_w),
             })
         self._post(contract.RESULTS_PATH, lambda: contract.results_bodies(self.model, rows))
+
+    def inference(self, figures: Optional[Dict[str, Any]], power_mode: str) -> None:
+        """Energy per inference (ProfileResult.inference) as the model's gauges in ``power_mode``; nothing
+        when it was not measured or is flagged (a flagged figure is never shown as a number)."""
+        if figures is None or figures["flag"]:
+            return
+        values = (figures["latency_s"], figures["energy_per_inference_j"], figures["dynamic_energy_per_inference_j"],
+                  figures["mean_power_w"])
+        if not all(math.isfinite(v) for v in values):
+            return
+        body = {"model": self.model, "power_mode": power_mode, "batch_size": figures["batch_size"],
+                "latency_s": figures["latency_s"], "energy_j": figures["energy_per_inference_j"],
+                "dynamic_energy_j": figures["dynamic_energy_per_inference_j"], "power_w": figures["mean_power_w"]}
+        self._post(contract.INFERENCE_PATH, lambda: [contract.inference_body(body)])

@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import tempfile
-from typing import Any, Callable, List, Optional, TextIO
+from typing import Any, Callable, Dict, List, Optional, TextIO
 
 from .errors import ProfilerError, one_line
 
@@ -24,6 +24,19 @@ SUMMARY_COLUMNS = (
     "energy_ci95_j", "dynamic_energy_j", "dynamic_energy_ci95_j", "power_w", "dynamic_power_w", "samples",
     "windows_disturbed", "flag",
 )
+
+INFERENCE_COLUMNS = (
+    "model", "method", "power_mode", "batch_size", "latency_s", "energy_per_inference_j",
+    "energy_per_inference_ci95_j", "dynamic_energy_per_inference_j", "dynamic_energy_per_inference_ci95_j",
+    "energy_per_sample_j", "dynamic_energy_per_sample_j", "inferences_per_joule", "mean_power_w", "flag",
+    "simulated", "complete",
+)
+UNKNOWN_MODE = "unknown"
+
+
+def power_mode(meta: Dict[str, Any]) -> str:
+    """The nvpmodel power mode a profile ran in, ``unknown`` where the board did not say."""
+    return meta.get("nvpmodel") or UNKNOWN_MODE
 
 
 def atomic_write(path: str, fill: Callable[[Any], None], binary: bool = False) -> str:
@@ -91,6 +104,24 @@ def write_summary_csv(result: Any, path: str) -> str:
         writer.writerow(SUMMARY_COLUMNS)
         for layer in result.layers:
             writer.writerow([_cell(getattr(layer, name)) for name in SUMMARY_COLUMNS])
+
+    return atomic_write(path, fill)
+
+
+def write_inference_csv(result: Any, path: str) -> str:
+    """One row per profile: energy per inference (see ProfileResult.inference); only the header when the
+    whole-model pass was not measured."""
+    figures = result.inference
+
+    def fill(fh: TextIO) -> None:
+        writer = csv.writer(fh)
+        writer.writerow(INFERENCE_COLUMNS)
+        if figures is None:
+            return
+        meta = result.meta
+        row = dict(figures, model=result.model, method=meta.get("method"), power_mode=power_mode(meta),
+                   simulated=bool(meta.get("simulated")), complete=result.complete)
+        writer.writerow([_cell(row[name]) for name in INFERENCE_COLUMNS])
 
     return atomic_write(path, fill)
 
@@ -245,6 +276,7 @@ def console_summary(result: Any) -> str:
         lines.append("Whole model: Duration=%s ms | Energy=%s mJ | Dynamic Energy=%s mJ | layers cover %s %%"
                      % (_fmt(whole["duration_s"], 1e3), _fmt(whole["energy_j"], 1e3),
                         _fmt(whole["dynamic_energy_j"], 1e3), _fmt(coverage, 100, 1)))
+    lines.extend(inference_lines(result.inference, power_mode(result.meta)))
     if result.comparison:
         from .insitu import compare_lines
 
@@ -255,6 +287,24 @@ def console_summary(result: Any) -> str:
     if not result.complete:
         lines.append("INCOMPLETE: %s" % (result.meta.get("stopped_by") or "stopped early"))
     return "\n".join(lines)
+
+
+def inference_lines(figures: Optional[Dict[str, Any]], mode: str) -> List[str]:
+    """The energy per inference (one forward pass of the batch) and per sample, or why there is none."""
+    if figures is None:
+        return ["Per inference: not measured (the whole-model pass has no clean window)"]
+    head = "Per inference (batch %d, power mode %s)" % (figures["batch_size"], mode)
+    if figures["flag"]:
+        return ["%s: FLAGGED (%s) | Latency=%s ms" % (head, figures["flag"], _fmt(figures["latency_s"], 1e3))]
+    per_joule = figures["inferences_per_joule"]
+    return ["%s: Latency=%s ms | Energy=%s mJ (+/- %s) | Dynamic=%s mJ (+/- %s) | per sample %s mJ | "
+            "%s inferences/J | Avg Power=%s W"
+            % (head, _fmt(figures["latency_s"], 1e3), _fmt(figures["energy_per_inference_j"], 1e3),
+               _fmt(figures["energy_per_inference_ci95_j"], 1e3),
+               _fmt(figures["dynamic_energy_per_inference_j"], 1e3),
+               _fmt(figures["dynamic_energy_per_inference_ci95_j"], 1e3),
+               _fmt(figures["energy_per_sample_j"], 1e3), "n/a" if per_joule is None else "%.4g" % per_joule,
+               _fmt(figures["mean_power_w"], 1, 3))]
 
 
 class ProgressBar:

@@ -66,12 +66,21 @@ class ProfileResult:
     def complete(self) -> bool:
         return bool(self.meta.get("complete"))
 
+    @property
+    def inference(self) -> Optional[Dict[str, Any]]:
+        """Energy per inference, from the whole-model pass; None when it was not measured.
+
+        See :func:`inference_figures` for the definitions.
+        """
+        return inference_figures(self.whole_model, self.meta.get("batch_size") or 1)
+
     def to_dict(self) -> Dict[str, Any]:
-        """The summary JSON: ``{"meta", "layers", "whole_model", "idle_power_w"}`` (+ ``idle`` details)."""
+        """The summary JSON: ``{"meta", "layers", "whole_model", "inference", "idle_power_w"}`` (+ ``idle``)."""
         return {
             "meta": self.meta,
             "layers": [layer.to_dict() for layer in self.layers],
             "whole_model": self.whole_model,
+            "inference": self.inference,
             "idle_power_w": self.idle_power_w,
             "idle": self.idle,
             **({"comparison": self.comparison} if self.comparison is not None else {}),
@@ -90,9 +99,12 @@ class ProfileResult:
     def write_plot(self, path: str) -> str:
         return report.write_plot(self, path)
 
+    def write_inference_csv(self, path: str) -> str:
+        return report.write_inference_csv(self, path)
+
     def write_all(self, out_dir: str) -> Dict[str, str]:
-        """The four files under ``out_dir`` (made when missing, as the CLI does), named
-        ``<model>_layerwise_*``; returns kind -> path."""
+        """The files under ``out_dir`` (made when missing, as the CLI does): four named
+        ``<model>_layerwise_*`` and ``<model>_inference.csv``; returns kind -> path."""
         report.check_writable(out_dir)
         base = os.path.join(out_dir, self.model + "_layerwise_")
         paths = {
@@ -100,6 +112,7 @@ class ProfileResult:
             "summary_csv": self.write_summary_csv(base + "summary.csv"),
             "json": self.write_json(base + "summary.json"),
             "plot": self.write_plot(base + "energy_plot.png"),
+            "inference_csv": self.write_inference_csv(os.path.join(out_dir, self.model + "_inference.csv")),
         }
         if self.comparison is not None:
             from .insitu import write_compare_csv
@@ -109,6 +122,39 @@ class ProfileResult:
 
     def console_summary(self) -> str:
         return report.console_summary(self)
+
+
+def inference_figures(whole: Optional[Dict[str, Any]], batch_size: int) -> Optional[Dict[str, Any]]:
+    """The whole-model pass restated per inference and per sample; None when it has no measured window.
+
+    One *inference* is one forward pass of the whole model on the example
+    input, a batch of ``batch_size`` samples (the first dimension of the
+    first input tensor).  ``latency_s`` is that pass's duration (isolate: the
+    typical call of its windows; in-situ: the mean inference);
+    ``energy_per_inference_j`` all the energy the board drew during it,
+    ``dynamic_energy_per_inference_j`` the part above idle, both with 95 % CI
+    half-widths; ``energy_per_sample_j`` the former over the batch size;
+    ``inferences_per_joule`` its inverse (None unless the energy is
+    positive); ``mean_power_w`` the energy over the latency.  ``flag`` is the
+    whole-model row's plausibility flag: a flagged figure is not a number to
+    report.
+    """
+    if not whole or not whole.get("trials"):
+        return None
+    energy, dynamic = whole["energy_j"], whole["dynamic_energy_j"]
+    return {
+        "batch_size": batch_size,
+        "latency_s": whole["duration_s"],
+        "energy_per_inference_j": energy,
+        "energy_per_inference_ci95_j": whole["energy_ci95_j"],
+        "dynamic_energy_per_inference_j": dynamic,
+        "dynamic_energy_per_inference_ci95_j": whole["dynamic_energy_ci95_j"],
+        "energy_per_sample_j": energy / batch_size,
+        "dynamic_energy_per_sample_j": dynamic / batch_size,
+        "inferences_per_joule": 1.0 / energy if math.isfinite(energy) and energy > 0 else None,
+        "mean_power_w": whole["power_w"],
+        "flag": whole.get("flag", ""),
+    }
 
 
 def idle_baseline(windows: List[Window]) -> Dict[str, Any]:

@@ -299,6 +299,13 @@ def test_dashboard_queries_only_contract_metrics_and_covers_the_issue():
     layer_table = {m for e in by_type["table"] for m in queried_metrics(e)}
     assert {"jetson_layer_call_energy_joules", "jetson_layer_call_dynamic_energy_joules",
             "jetson_layer_call_duration_seconds", "jetson_layer_call_power_watts"} <= layer_table
+    # energy per inference, and the last profiles of a model compared across power modes
+    assert any("jetson_inference_energy_joules{" in e for e in by_type["barchart"])
+    assert any("jetson_inference_latency_seconds{" in e for e in by_type["barchart"])
+    mode_table = [p for p in prom.dashboard_panels(dashboard) if p["type"] == "table"
+                  and "jetson_inference_energy_joules" in {m for t in p["targets"] for m in queried_metrics(t["expr"])}]
+    assert len(mode_table) == 1 and {"jetson_inference_latency_seconds", "jetson_inference_per_joule"} <= {
+        m for t in mode_table[0]["targets"] for m in queried_metrics(t["expr"])}
     assert set(prom.variable_queries(dashboard)) == {"instance", "model"}
     for q in queries:
         assert "$instance" in q["expr"], "%s ignores the instance variable" % q["panel"]

@@ -17,6 +17,7 @@ import time
 import pytest
 import yaml
 
+from exporter import contract
 from exporter.sources.replay import trace_energy_joules
 from tests.support import prom
 from tests.support.daemon import Daemon, write_trace
@@ -98,6 +99,10 @@ def check_live(prometheus, daemons, targets, started):
     assert daemon.post("/api/v1/results", {"model": MODEL, "layers": RESULTS})[0] == 200
     assert daemon.post("/api/v1/layer", {"model": MODEL, "index": 3, "layer": "layer1.0.conv1",
                                          "op": "Conv2d", "state": "begin"})[0] == 200
+    for mode, scale in (("MAXN", 1.0), ("MODE_15W", 0.8)):  # the power-mode panels compare the two
+        assert daemon.post(contract.INFERENCE_PATH, {
+            "model": MODEL, "power_mode": mode, "batch_size": 4, "latency_s": 0.02 / scale, "energy_j": 0.3 * scale,
+            "dynamic_energy_j": 0.1 * scale, "power_w": 15.0 * scale * scale})[0] == 200
 
     # promtool's own linter on what Prometheus is scraping.
     for each in daemons:

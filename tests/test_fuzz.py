@@ -160,7 +160,11 @@ _RESULT = st.fixed_dictionaries(
      "energy_j": _GOODNUM, "dynamic_energy_j": _GOODNUM, "duration_s": _GOODNUM, "power_w": _GOODNUM})
 _RESULTS = st.fixed_dictionaries({"model": _LABELISH, "layers": st.one_of(st.lists(_RESULT, max_size=4), _JSON)},
                                  optional={"replace": _SCALARS})
-_BODIES = st.one_of(_LAYER_EVENT, _RESULTS, _JSON)
+_INFERENCE = st.fixed_dictionaries(
+    {"model": _LABELISH, "power_mode": _LABELISH, "batch_size": st.one_of(st.integers(-1, 64), _NUMBERISH),
+     "latency_s": _GOODNUM, "energy_j": _GOODNUM, "dynamic_energy_j": _GOODNUM, "power_w": _GOODNUM},
+    optional={"extra": _SCALARS})
+_BODIES = st.one_of(_LAYER_EVENT, _RESULTS, _INFERENCE, _JSON)
 
 
 def _encode(obj):
@@ -179,6 +183,8 @@ class _InProcess:
         data = validate.parse_json(body)
         if path == "layer":
             self.layers.layer_event(**validate.layer_event(data))
+        elif path == "inference":
+            self.layers.set_inference(**validate.inference(data))
         else:
             parsed = validate.results(data)
             self.layers.set_results(parsed["model"], parsed["layers"], replace=parsed["replace"])
@@ -189,7 +195,8 @@ _STATE = {}
 
 
 @settings(max_examples=600, deadline=None)
-@given(path=st.sampled_from(["layer", "results"]), body=st.one_of(_BODIES.map(_encode), st.binary(max_size=200)))
+@given(path=st.sampled_from(["layer", "results", "inference"]),
+       body=st.one_of(_BODIES.map(_encode), st.binary(max_size=200)))
 def test_any_write_body_is_accepted_or_refused_with_a_reason_and_metrics_stay_parseable(path, body):
     board = _STATE.setdefault("board", _InProcess())
     try:
@@ -309,7 +316,7 @@ def live():
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from(["/api/v1/layer", "/api/v1/results"]), body=_BODIES.map(_encode))
+@given(path=st.sampled_from(["/api/v1/layer", "/api/v1/results", "/api/v1/inference"]), body=_BODIES.map(_encode))
 def test_live_write_api_answers_random_json_with_2xx_or_a_one_line_4xx(live, path, body):
     conn = _STATE.get("keepalive")
     if conn is None or conn.port != live.port:

@@ -185,8 +185,9 @@ def test_cli_in_situ_on_a_torchvision_model(tmp_path):
                    "--source", "sim", "--method", "in-situ", "--insitu-s", "4", "--seed", "1", "--out", out)
     assert proc.returncode == 0, proc.stderr
     names = sorted(os.listdir(out))
-    assert names == sorted("mobilenet_v3_small_layerwise_" + s for s in
-                           ("energy_full.csv", "summary.csv", "summary.json", "energy_plot.png"))
+    assert names == sorted(["mobilenet_v3_small_layerwise_" + s for s in
+                            ("energy_full.csv", "summary.csv", "summary.json", "energy_plot.png")]
+                           + ["mobilenet_v3_small_inference.csv"])
     data = json.load(open(os.path.join(out, "mobilenet_v3_small_layerwise_summary.json")))
     layers = data["layers"]
     assert data["meta"]["method"] == "in-situ" and data["meta"]["inferences"] > 10
@@ -196,3 +197,10 @@ def test_cli_in_situ_on_a_torchvision_model(tmp_path):
     with open(os.path.join(out, "mobilenet_v3_small_layerwise_summary.csv")) as fh:
         assert len(list(csv.DictReader(fh))) == len(layers)
     assert "layers cover 100.0 %" in proc.stdout
+    inference = data["inference"]  # the in-situ whole inference, restated per inference
+    assert inference["energy_per_inference_j"] == data["whole_model"]["energy_j"] > 0
+    assert inference["latency_s"] == data["whole_model"]["duration_s"] > 0
+    assert "Per inference (batch 1, power mode unknown): Latency=" in proc.stdout
+    with open(os.path.join(out, "mobilenet_v3_small_inference.csv")) as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["method"] == "in-situ" and float(row["energy_per_inference_j"]) == inference["energy_per_inference_j"]

@@ -186,7 +186,11 @@ def test_resnet18_children_on_sim_and_writers(tmp_path):
     assert data["meta"]["granularity"] == "children" and data["meta"]["complete"] is True
     assert len(data["layers"]) == 10 and data["whole_model"]["layers_measured"] == len(measured)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        "resnet18_layerwise_" + s for s in ("energy_full.csv", "summary.csv", "summary.json", "energy_plot.png"))
+        ["resnet18_layerwise_" + s for s in ("energy_full.csv", "summary.csv", "summary.json", "energy_plot.png")]
+        + ["resnet18_inference.csv"])
+    inference, whole = data["inference"], data["whole_model"]
+    assert inference["batch_size"] == 1 and inference["latency_s"] == whole["duration_s"]
+    assert inference["energy_per_inference_j"] == whole["energy_j"] == inference["energy_per_sample_j"]
 
 
 def test_bad_arguments_raise_one_line_errors():

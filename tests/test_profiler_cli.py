@@ -31,7 +31,8 @@ def test_vgg11_end_to_end(tmp_path):
     proc = run_cli("--model", "vgg11", "--out", out, *FAST)
     assert proc.returncode == 0, proc.stderr
     full_csv, summary_csv, summary_json, plot = outputs(out, "vgg11")
-    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in (full_csv, summary_csv, summary_json, plot))
+    assert sorted(os.listdir(out)) == sorted([os.path.basename(p) for p in (full_csv, summary_csv, summary_json, plot)]
+                                             + ["vgg11_inference.csv"])
 
     data = json.load(open(summary_json))
     layers = data["layers"]
