@@ -117,8 +117,7 @@ def screenshot(daemon: Daemon, path: str, model: str) -> None:
             while "Measuring" not in browser.find_element("id", "active").text:
                 if time.monotonic() > deadline or second.poll() is not None:
                     raise SystemExit("the second profile never showed an active layer")
-                time.sleep(0.2)
-            time.sleep(1.5)  # one more chart update
+                time.sleep(0.05)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             browser.save_screenshot(path)
             print("screenshot: %s (simulated board, profiler: %s)" % (path, model))

@@ -14,6 +14,7 @@ while it waits on its client or on the sampler.  Scrapes share one rendered
 body until something it shows changes.
 """
 
+import dataclasses
 import hashlib
 import hmac
 import html
@@ -258,21 +259,24 @@ class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
 
 
 def layers_json(snap) -> Dict[str, Any]:
-    """Active layers and each model's last results, most recently updated model first."""
+    """Active layers, and each model's last results and energy per inference (one entry per power mode),
+    most recently updated model first."""
     models = []
     for model, rows in reversed(list(snap.results.items())):
-        if not rows:
+        inference = snap.inference.get(model, ())
+        if not rows and not inference:
             continue
         layers = [{"index": r.index, "layer": r.layer, "op": r.op, "energy_j": r.energy_j,
                    "dynamic_energy_j": r.dynamic_energy_j, "duration_s": r.duration_s, "power_w": r.power_w}
                   for r in rows]
-        whole_model = {
+        sums = {
             "layers": len(rows),
-            "sum_energy_j": math.fsum(r.energy_j for r in rows),
-            "sum_dynamic_energy_j": math.fsum(r.dynamic_energy_j for r in rows),
-            "sum_duration_s": math.fsum(r.duration_s for r in rows),
-        }
-        models.append({"model": model, "layers": layers, "whole_model": whole_model})
+            "energy_j": math.fsum(r.energy_j for r in rows),
+            "dynamic_energy_j": math.fsum(r.dynamic_energy_j for r in rows),
+            "duration_s": math.fsum(r.duration_s for r in rows),
+        } if rows else {}
+        models.append({"model": model, "layers": layers, "layer_sums": sums,
+                       "inference": [dataclasses.asdict(r) for r in inference]})
     return {
         "active": [{"model": a.model, "index": a.index, "layer": a.layer, "op": a.op, "since": a.since}
                    for a in snap.active],

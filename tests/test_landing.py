@@ -18,6 +18,8 @@ ASSETS = {"/": "text/html; charset=utf-8", "/landing.js": "text/javascript; char
 PAGE_BUDGET_BYTES = 32 * 1024  # page, script and style together: a Nano serves that without noticing
 ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")
 WAIT_S = 60  # generous: the suite runs beside a CPU hog
+INFERENCE = {"model": "vgg11", "power_mode": "MAXN", "batch_size": 1, "latency_s": 0.0123, "energy_j": 0.0871,
+             "dynamic_energy_j": 0.0312, "power_w": 7.08}
 
 
 def _wait_for(condition, what, timeout=WAIT_S):
@@ -111,6 +113,9 @@ def test_layers_api_has_the_active_layers_and_each_models_last_results():
             assert daemon.post(contract.RESULTS_PATH, body)[0] == 200
         for body in contract.results_bodies("net_b", rows[:2]):
             assert daemon.post(contract.RESULTS_PATH, body)[0] == 200
+        assert daemon.post(contract.INFERENCE_PATH, contract.inference_body(dict(INFERENCE, model="net_a")))[0] == 200
+        assert daemon.post(contract.INFERENCE_PATH, contract.inference_body(
+            dict(INFERENCE, model="net_c", power_mode="15W")))[0] == 200
 
         status, headers, body = daemon.get("/api/v1/layers")
         data = json.loads(body)
@@ -119,12 +124,16 @@ def test_layers_api_has_the_active_layers_and_each_models_last_results():
         assert (active["model"], active["index"], active["layer"], active["op"]) == ("net_a", 2, "features.2",
                                                                                       "Conv2d")
         assert active["since"] <= _json(daemon, "/api/v1/status")["now"]
-        assert [m["model"] for m in data["models"]] == ["net_b", "net_a"], "most recently updated first"
-        net_a = data["models"][1]
-        assert net_a["layers"] == rows
-        assert net_a["whole_model"]["layers"] == len(rows)
-        assert net_a["whole_model"]["sum_energy_j"] == pytest.approx(math.fsum(r["energy_j"] for r in rows))
-        assert net_a["whole_model"]["sum_duration_s"] == pytest.approx(0.002 * len(rows))
+        assert [m["model"] for m in data["models"]] == ["net_c", "net_a", "net_b"], "most recently updated first"
+        net_c, net_a, net_b = data["models"]
+        assert net_a["layers"] == rows and net_b["layers"] == rows[:2]
+        assert net_a["layer_sums"]["layers"] == len(rows)
+        assert net_a["layer_sums"]["energy_j"] == pytest.approx(math.fsum(r["energy_j"] for r in rows))
+        assert net_a["layer_sums"]["duration_s"] == pytest.approx(0.002 * len(rows))
+        expected = {k: v for k, v in INFERENCE.items() if k != "model"}
+        assert net_a["inference"] == [expected] and net_b["inference"] == []
+        assert net_c == {"model": "net_c", "layers": [], "layer_sums": {},
+                         "inference": [dict(expected, power_mode="15W")]}, "an inference alone is a profile too"
 
         status, _, rest = daemon.get("/api/v1/layers", {"If-None-Match": headers["ETag"]})
         assert status == 304 and rest == "", "unchanged: no body"
@@ -185,7 +194,13 @@ def test_live_page_in_headless_chromium_draws_moves_and_shows_the_profiler(brows
         widths = [e.size["width"] for e in browser.find_elements("css selector", "#bars .fill")]
         assert widths == sorted(widths) and widths[0] < widths[-1], "bars scale with each layer's energy"
         whole = browser.find_element("id", "whole").text
-        assert re.search(r"layers\s+%d" % len(rows), whole) and "sum energy" in whole and " mJ" in whole, whole
+        assert whole.startswith("Sum over layers") and re.search(r"layers\s+%d" % len(rows), whole), whole
+        daemon.post(contract.INFERENCE_PATH, contract.inference_body(INFERENCE))
+        wait.until(lambda b: "Per inference" in b.find_element("id", "whole").text)
+        whole = browser.find_element("id", "whole").text
+        for figure in ("power mode\nMAXN", "batch size\n1", "latency\n12.3 ms", "energy\n87.1 mJ",
+                       "dynamic energy\n31.2 mJ", "power\n7.08 W"):
+            assert re.search(figure.replace("\n", r"\s+"), whole), (figure, whole)
 
         os.makedirs(ARTIFACTS, exist_ok=True)
         shot = os.path.join(ARTIFACTS, "landing.png")

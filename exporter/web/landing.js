@@ -184,14 +184,25 @@
     select.value = name;
     const model = models[names.indexOf(name)];
 
-    $("whole").replaceChildren(...Object.keys(model.whole_model).map((key) => {
-      const [label, text] = figure(key, model.whole_model[key]);
-      const row = element("div");
-      row.append(element("dt", "", label), element("dd", "", text));
-      return row;
-    }));
+    // whole-model figures: the sums over the layers, and one group per power mode the profiler measured a
+    // whole inference in; any figure named with a unit suffix (_j, _s, _w) shows with its unit
+    const groups = [["Sum over layers", model.layer_sums]].concat(
+      model.inference.map((figures) => ["Per inference", figures]));
+    $("whole").replaceChildren(...groups.filter(([, figures]) => Object.keys(figures).length).map(
+      ([caption, figures]) => {
+        const group = element("div", "group");
+        const list = element("dl", "whole");
+        list.append(...Object.keys(figures).map((key) => {
+          const [label, text] = figure(key, figures[key]);
+          const row = element("div");
+          row.append(element("dt", "", label), element("dd", "", text));
+          return row;
+        }));
+        group.append(element("h4", "", caption), list);
+        return group;
+      }));
 
-    const top = Math.max(...model.layers.map((r) => r.energy_j)) || 1;
+    const top = Math.max(0, ...model.layers.map((r) => r.energy_j)) || 1;
     const cells = [];
     for (const r of model.layers) {
       const name = element("span", "name", r.index + " " + r.layer + " ");
@@ -205,6 +216,7 @@
       cells.push(name, track, element("span", "val", si(r.energy_j, "J")));
     }
     $("bars").replaceChildren(...cells);
+    $("key").hidden = !cells.length;
   }
 
   async function tickLayers() {
