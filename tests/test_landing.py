@@ -4,11 +4,14 @@ import json
 import math
 import os
 import re
+import threading
 import time
 
 import pytest
 
 from exporter import contract
+from exporter.sampler import Sampler
+from exporter.sources.base import PowerSource, Reading, SensorReadError
 from tests.support.browser import browser_problem, chromium
 from tests.support.daemon import ROOT, Daemon
 from tests.support.sysfs_boards import build_board
@@ -99,6 +102,46 @@ def test_samples_with_a_step_are_grid_slots_whose_means_are_the_window_energy():
             status, _, body = daemon.get("/api/v1/samples?since=0&step=" + bad)
             error = json.loads(body)["error"]
             assert status == 400 and "'step'" in error and "\n" not in error, (bad, body)
+
+
+class _Steps(PowerSource):
+    """A sensor at a set power that can be told to fail."""
+
+    name = "steps"
+    board = "test bench"
+
+    def __init__(self, watts):
+        self.watts = watts
+        self.failing = threading.Event()
+
+    def read(self):
+        if self.failing.is_set():
+            raise SensorReadError("injected fault: Input/output error")
+        return Reading(time.monotonic(), self.watts, {"VDD_IN": self.watts})
+
+
+def test_slot_means_leave_out_the_time_the_sensor_was_away():
+    step = 0.1
+    source = _Steps(2.0)
+    sampler = Sampler(source, sample_hz=200).start()
+    try:
+        _wait_for(lambda: len(sampler.means(0.0, step)) >= 5, "five slots")
+        source.failing.set()
+        fault = time.monotonic()
+        _wait_for(lambda: time.monotonic() - fault > 6 * step and not sampler.snapshot().up, "a fault of six slots")
+        source.watts = 6.0
+        source.failing.clear()
+        back = _wait_for(lambda: sampler.snapshot().up and time.monotonic(), "the sensor back")
+        _wait_for(lambda: sampler.means(back, step)[4:], "five slots after the fault")
+        slots = sampler.means(0.0, step)
+    finally:
+        sampler.stop()
+    ends = [s.timestamp for s in slots]
+    missed = [n for n in range(1, len(ends)) if ends[n] - ends[n - 1] > 1.5 * step]
+    assert len(missed) == 1 and ends[missed[0]] - ends[missed[0] - 1] > 5 * step, "the fault's slots, and only those"
+    for n, s in enumerate(slots):  # a slot the fault cuts is the mean of what the sensor covered: 2 W or 6 W
+        expected = 2.0 if n < missed[0] else 6.0
+        assert s.total_watts == pytest.approx(expected) and s.rails["VDD_IN"] == pytest.approx(expected)
 
 
 def test_layers_api_has_the_active_layers_and_each_models_last_results():
