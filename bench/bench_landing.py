@@ -2,14 +2,16 @@
 
     .venv/bin/python bench/bench_landing.py [--viewers 5] [--seconds 30]
     .venv/bin/python bench/bench_landing.py --screenshot docs/landing.png [--model resnet18]
+                                            [--running mobilenet_v3_small]
 
 1. Page weight: the bytes of the page, its script and its style (what a first visit loads).
 2. Polling cost: the daemon's CPU over ``--seconds`` with no viewer, then with ``--viewers`` clients doing
    what an open page does every second (status, the new half-second slots of /api/v1/samples, the layers
    answer revalidated by its ETag, alarms where the daemon has them), and the bytes a viewer reads per second.
 3. ``--screenshot PATH``: headless Chromium on the page while the profiler runs ``--model`` against the
-   daemon twice (children granularity, a short budget): the shot shows the first run's layers and the
-   second run's active layer.  The board is the simulated one, whose power follows this host's CPU load.
+   daemon, then ``--running`` (children granularity, 90 s and 20 s budgets): the shot shows the first profile
+   (picked in the page's model list) while the second one's active layer moves.  The board is the
+   simulated one, whose power follows this host's CPU load.
 
 Figures from a shared machine move with its load: compare the figures of one run with each other.
 """
@@ -97,30 +99,42 @@ def polling_cost(daemon: Daemon, viewers: int, seconds: float) -> None:
           % (polls, seconds, polls / seconds / viewers, per_second))
 
 
-def screenshot(daemon: Daemon, path: str, model: str) -> None:
+def screenshot(daemon: Daemon, path: str, model: str, running: str) -> None:
     problem = browser_problem()
     if problem:
         raise SystemExit("no screenshot: " + problem)
-    profile = [sys.executable, "-m", "profiler", "--model", model, "--weights", "none", "--granularity", "children",
-               "--trials", "3", "--budget-s", "20", "--exporter", daemon.url]
-    browser = chromium(1100, 1250)
+    from selenium.webdriver.support.ui import Select
+
+    def profile(name, budget_s):
+        return [sys.executable, "-m", "profiler", "--model", name, "--weights", "none", "--granularity", "children",
+                "--trials", "3", "--budget-s", str(budget_s), "--exporter", daemon.url,
+                "--out", os.path.join(ROOT, "results", "landing-shot")]
+
+    browser = chromium(1100, 1350)
     try:
         browser.get(daemon.url + "/")
         time.sleep(20)  # idle before the first profile, so the chart shows the step up
         with open(os.devnull, "w") as devnull:
-            subprocess.run(profile + ["--out", os.path.join(ROOT, "results", "landing-shot")], cwd=ROOT,
-                           check=True, stdout=devnull)
-            second = subprocess.Popen(profile + ["--out", os.path.join(ROOT, "results", "landing-shot-2")], cwd=ROOT,
-                                      stdout=devnull)
+            subprocess.run(profile(model, 90), cwd=ROOT, check=True, stdout=devnull)
+            second = subprocess.Popen(profile(running, 20), cwd=ROOT, stdout=devnull)
         try:
+            # the second profile pushes its rows as it goes and becomes the newest: pick the finished one
             deadline = time.monotonic() + 120
-            while "Measuring" not in browser.find_element("id", "active").text:
+            while True:
                 if time.monotonic() > deadline or second.poll() is not None:
                     raise SystemExit("the second profile never showed an active layer")
+                options = [o.get_attribute("value") for o in browser.find_elements("css selector", "#model option")]
+                if running in options and Select(browser.find_element("id", "model")).first_selected_option \
+                        .get_attribute("value") != model:
+                    Select(browser.find_element("id", "model")).select_by_value(model)
+                shown = browser.find_element("css selector", "#model").get_attribute("value") == model and \
+                    browser.find_element("id", "bars").text.count("\n") > 2
+                if shown and ("Measuring " + running) in browser.find_element("id", "active").text:
+                    break
                 time.sleep(0.05)
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             browser.save_screenshot(path)
-            print("screenshot: %s (simulated board, profiler: %s)" % (path, model))
+            print("screenshot: %s (simulated board; %s profiled, %s running)" % (path, model, running))
         finally:
             second.terminate()
             second.wait()
@@ -133,12 +147,13 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--screenshot", metavar="PATH")
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--model", default="resnet18", help="the profile the screenshot shows")
+    parser.add_argument("--running", default="mobilenet_v3_small", help="the profile running in the screenshot")
     args = parser.parse_args()
     with Daemon("--source", "sim") as daemon:
         print("page weight: %d bytes uncompressed" % page_weight(daemon))
         if args.screenshot:
-            screenshot(daemon, args.screenshot, args.model)
+            screenshot(daemon, args.screenshot, args.model, args.running)
         else:
             polling_cost(daemon, args.viewers, args.seconds)
 

@@ -40,14 +40,18 @@ from prometheus_client.exposition import choose_encoder
 from . import validate
 from .alarms import AlarmWatch
 from .collector import PowerCollector
-from .layers import LayerBoard, LayerLimitError
+from .layers import LayerBoard, LayerLimitError, LayersSnapshot
 from .sampler import Sampler, WindowError
+from .sources.base import PowerSource
 
 log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT_S = 10.0  # a client that stalls mid-request frees its thread after this
 MAX_CONNECTIONS = 128  # one thread each: beyond this a new connection is closed at once
 MAX_SAMPLES_PER_RESPONSE = 20000
+METRICS_MAX_AGE_S = 1.0  # a cached /metrics body is re-rendered at least this often (stuck-layer expiry)
+DRAIN_MAX_BYTES = 8 * 1024 * 1024  # unread request bytes discarded before a close, so the 4xx is not lost
+DRAIN_S = 5.0  # ...for at most this long
 # The landing page (exporter/web) reads only this daemon's JSON API and loads nothing from another host.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -56,9 +60,6 @@ PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-METRICS_MAX_AGE_S = 1.0  # a cached /metrics body is re-rendered at least this often (stuck-layer expiry)
-DRAIN_MAX_BYTES = 8 * 1024 * 1024  # unread request bytes discarded before a close, so the 4xx is not lost
-DRAIN_S = 5.0  # ...for at most this long
 
 
 class _Turn:
@@ -139,7 +140,7 @@ class _MetricsCache:
 
     @property
     def writes(self) -> int:
-        """How many writes the daemon has taken: what the profiler told it changes with this only."""
+        """Writes taken so far: what the profiler told the daemon changes only when this does."""
         return self._writes
 
     def get(self, content_type: str, accept: str) -> bytes:
@@ -170,7 +171,7 @@ def _web_file(name: str) -> bytes:
     return data
 
 
-def landing_assets(source) -> Dict[str, _Cacheable]:
+def landing_assets(source: PowerSource) -> Dict[str, _Cacheable]:
     """The page, its script and its style, by path; the page names the source and shows the banner
     without a script, since the source never changes while the daemon runs."""
     fields = {
@@ -258,7 +259,7 @@ class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
             return asset
 
 
-def layers_json(snap) -> Dict[str, Any]:
+def layers_json(snap: LayersSnapshot) -> Dict[str, Any]:
     """Active layers, and each model's last results and energy per inference (one entry per power mode),
     most recently updated model first."""
     models = []
