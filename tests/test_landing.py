@@ -201,6 +201,7 @@ def _attribute(browser, element_id, name):
     return browser.find_element("id", element_id).get_attribute(name)
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_live_page_in_headless_chromium_draws_moves_and_shows_the_profiler(browser):
     from selenium.webdriver.support.ui import WebDriverWait
@@ -263,6 +264,7 @@ def test_live_page_in_headless_chromium_draws_moves_and_shows_the_profiler(brows
     assert not [e for e in log if "Content Security Policy" in e["message"] or e["source"] == "javascript"], log
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_live_page_shows_an_active_alarm_and_over_current_throttling(browser, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
