@@ -10,6 +10,7 @@
 
   let rows = [];  // {t, total_w, rails}, oldest first, within WINDOW_S of `now`
   let now = null;  // the daemon's monotonic clock at the last status
+  let offset = null;  // the daemon's clock minus this page's, so a time since ticks between answers
   let chosen = null;  // the model picked in the select; null follows the newest profile
   let layersText = null;
 
@@ -65,6 +66,8 @@
 
   function showStatus(status) {
     now = status.now;
+    offset = now - performance.now() / 1000;
+    if (rows.length && rows[rows.length - 1].t > now) rows = [];  // the host restarted: its clock did too
     $("power").textContent = status.up ? si(status.total_w, "W") : "sensor down";
     $("power").className = status.up ? "" : "down";
     $("state").textContent = status.up ? "" : status.last_error || "no sample yet";
@@ -160,6 +163,10 @@
   }
 
   // -- the profiler ------------------------------------------------------
+  function elapsed(since) {
+    return offset === null ? "" : ", for " + si(Math.max(0, performance.now() / 1000 + offset - since), "s");
+  }
+
   function showActive(active) {
     const line = $("active");
     if (!active.length) {
@@ -167,7 +174,7 @@
       return;
     }
     line.textContent = active.map((a) => "Measuring " + a.model + ": layer " + a.index + " " + a.layer + " (" + a.op
-      + ")" + (now === null ? "" : ", for " + si(Math.max(0, now - a.since), "s"))).join(" \u00b7 ");
+      + ")" + elapsed(a.since)).join(" \u00b7 ");
   }
 
   function showProfile(models) {
@@ -243,7 +250,7 @@
       const list = element("ul");
       for (const a of alarms.active) {
         list.append(element("li", "", a.name + " (" + a.kind + ")"  // the name says the rail or chip
-          + (now === null ? "" : ", for " + si(Math.max(0, now - a.since), "s"))));
+          + elapsed(a.since)));
       }
       box.replaceChildren(element("span", "", "ALARM"), list);
     }
