@@ -7,7 +7,9 @@
 1. Page weight: the bytes of the page, its script and its style (what a first visit loads).
 2. Polling cost: the daemon's CPU over ``--seconds`` with no viewer, then with ``--viewers`` clients doing
    what an open page does every second (status, the new half-second slots of /api/v1/samples, the layers
-   answer revalidated by its ETag, alarms where the daemon has them), and the bytes a viewer reads per second.
+   answer revalidated by its ETag, alarms where the daemon has them), and the bytes a viewer reads per second;
+   then the first answer a page opening asks for (the last ten minutes of slots: run with ``--seconds 300``
+   or more for a full buffer).
 3. ``--screenshot PATH``: headless Chromium on the page while the profiler runs ``--model`` against the
    daemon, then ``--running`` (children granularity, 90 s and 20 s budgets): the shot shows the first profile
    (picked in the page's model list) while the second one's active layer moves.  The board is the
@@ -32,6 +34,7 @@ from tests.support.browser import browser_problem, chromium  # noqa: E402
 from tests.support.daemon import ROOT, Daemon  # noqa: E402
 
 STEP_S = 0.5  # as exporter/web/landing.js asks
+FIRST_ANSWERS = 10
 
 
 def page_weight(daemon: Daemon) -> int:
@@ -97,6 +100,17 @@ def polling_cost(daemon: Daemon, viewers: int, seconds: float) -> None:
           % (seconds, 100 * idle, viewers, 100 * busy, 100 * (busy - idle) / viewers))
     print("polls: %d in %.0f s (%.2f per viewer-second); a viewer reads %.0f bytes/s"
           % (polls, seconds, polls / seconds / viewers, per_second))
+
+    # what a page opening now asks for first: up to ten minutes of slots (all of them once the daemon ran that long)
+    status = json.loads(daemon.get("/api/v1/status")[2])
+    target = "/api/v1/samples?since=%r&step=%r" % (status["now"] - 600, STEP_S)
+    before, started = cpu_seconds(pid), time.monotonic()
+    answers = [daemon.get(target)[2] for _ in range(FIRST_ANSWERS)]
+    took, cpu = (time.monotonic() - started) / FIRST_ANSWERS, (cpu_seconds(pid) - before) / FIRST_ANSWERS
+    slots = json.loads(answers[-1])["samples"]
+    print("first answer: %d slots (%.0f s), %d bytes; %.1f ms wall, %.1f ms daemon CPU (mean of %d)"
+          % (len(slots), slots[-1]["t"] - slots[0]["t"] + STEP_S, len(answers[-1]), 1e3 * took, 1e3 * cpu,
+             FIRST_ANSWERS))
 
 
 def screenshot(daemon: Daemon, path: str, model: str, running: str) -> None:
