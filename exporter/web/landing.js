@@ -61,7 +61,6 @@
   function showSource(source) {
     $("rate").textContent = si(1 / source.sample_period_s, "Hz");
     $("sensor").textContent = source.update_interval_s ? si(source.update_interval_s, "s") : "not reported";
-    $("simulated").hidden = !source.simulated;
   }
 
   function showStatus(status) {
