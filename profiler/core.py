@@ -4,14 +4,17 @@ import datetime
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
-from .board import jetson_clocks_state, nvpmodel_mode
+from exporter import calibration as calibration_file
+
+from .batch import check_batch_sizes, sweep_rows, sweep_units
+from .board import cpu_governor, jetson_clocks_state, nvpmodel_query
 from .capture import LayerCall, as_call, capture, detached, op_name, parse_granularity
 from .client import DaemonClient
-from .errors import ProfilerError
+from .errors import ProfilerError, one_line
 from .estimate import ESTIMATORS, Estimator
 from .insitu import METHODS, InSitu, build_insitu_result, compare, default_duration_s
 from .measure import Schedule, Unit
@@ -45,7 +48,8 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
             model_name: Optional[str] = None, seed: Optional[int] = None,
             progress: Optional[Callable[[int, int, str], None]] = None,
             warn: Callable[[str], None] = _stderr, source_options: Optional[Dict[str, Any]] = None,
-            method: str = "isolate", insitu_s: Optional[float] = None) -> ProfileResult:
+            method: str = "isolate", insitu_s: Optional[float] = None,
+            batch_sizes: Optional[Sequence[int]] = None, calibration: Optional[str] = None) -> ProfileResult:
     """Measure the energy of every layer call of ``model`` on ``example_input``.
 
     ``example_input``: a tensor, a tuple/list of positional inputs or a dict
@@ -68,6 +72,12 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     ``both`` (the in-situ result, with ``comparison`` holding both side by
     side).  ``insitu_s``: how long the in-situ run lasts (default from the
     sensor's update interval).
+    ``batch_sizes``: also measure the whole model at each of these batch
+    sizes (every input tensor's first dimension; see :mod:`profiler.batch`),
+    in a second schedule after the profile, into ``result.batch_sizes``.
+    ``calibration``: a calibration YAML file (:mod:`exporter.calibration`)
+    for the in-process sampler; a daemon applies its own.  Either way
+    ``meta["calibration"]`` records what was applied.
 
     Ctrl-C (KeyboardInterrupt) while measuring does not propagate: the result
     holds what was measured and ``meta["complete"]`` is False.
@@ -91,10 +101,15 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     if method != "isolate" and isinstance(model, torch.jit.ScriptModule):
         raise ProfilerError("in-situ needs an nn.Module: TorchScript runs its layers inside the interpreter, where "
                             "hooks never fire (use method isolate)")
+    sizes = check_batch_sizes(batch_sizes)
     parse_granularity(granularity)
     client = DaemonClient(exporter_url, token_file, cacert, cert, key) if exporter_url else None
     if client is None and (token_file or cacert or cert or key):
         raise ProfilerError("token_file, cacert, cert and key are for exporter_url, which is not given")
+    try:
+        cal = calibration_file.load(calibration) if calibration else None
+    except calibration_file.CalibrationError as exc:
+        raise ProfilerError(str(exc)) from None
     name = safe_name(model_name or getattr(model, "original_name", None) or type(model).__name__)
     started = time.time()
 
@@ -102,8 +117,16 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     args, kwargs = as_call(example_input)
     whole = LayerCall(len(calls), "whole_model", "", op_name(model), model, detached(args), detached(kwargs))
     units = [Unit(c) for c in calls] + [Unit(whole, whole_model=True)]
+    sweep = sweep_units(model, example_input, sizes) if sizes else []
+    with torch.no_grad():
+        for unit in sweep:  # a size the model cannot take is bad input, found before anything is measured
+            try:
+                unit.call()
+            except Exception as exc:
+                raise ProfilerError("the model rejects batch size %s: %s: %s"
+                                    % (unit.call.label[len("batch_"):], type(exc).__name__, one_line(exc))) from None
 
-    meter, daemon = open_meter(source, client, warn, **(source_options or {}))
+    meter, daemon = open_meter(source, client, warn, calibration=cal, **(source_options or {}))
     try:
         est = Estimator(estimator, meter.update_interval_s, meter.sample_period_s)
         window_s = float(min_window_s) if min_window_s is not None else est.default_min_window_s()
@@ -114,7 +137,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         tensor = _first_tensor(example_input)
         device = tensor.device if tensor is not None else torch.device("cpu")
         push = LivePush(client if daemon else None, name, warn)
-        schedule = insitu = None
+        schedule = insitu = sizing = None
         if method != "in-situ":
             schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed,
                                 target_ci=float(target_ci), budget_s=budget_s)
@@ -125,6 +148,11 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
             insitu = InSitu(model, example_input, calls, meter, device, duration, progress, seed)
             with torch.no_grad():
                 insitu.run()
+        if sweep and (insitu or schedule).complete:
+            sizing = Schedule(sweep, meter, est, trials, window_s, device, push, progress, seed,
+                              target_ci=float(target_ci), budget_s=budget_s)
+            with torch.no_grad():
+                sizing.run()
     finally:
         meter.close()
     result = None
@@ -138,6 +166,15 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         if isolated is not None:
             result.meta["method"] = "both"
             result.comparison = compare(isolated, result)
+    if sizes:
+        result.meta["batch_sizes"] = sizes
+        result.batch_sizes = []
+    if sizing is not None:
+        result.batch_sizes = sweep_rows(sizing, sizes)
+        result.samples.extend(sizing.samples)
+        result.windows.extend(sizing.windows)
+        if not sizing.complete:
+            result.meta.update(complete=False, stopped_by=sizing.stopped_by)
     push.results(result.layers)
     push.inference(result.inference, power_mode(result.meta))
     return result
@@ -146,6 +183,13 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
 def batch_size(tensor: Optional[torch.Tensor]) -> int:
     """Samples in one inference: the first dimension of the first input tensor (1 for a scalar or none)."""
     return int(tensor.shape[0]) if tensor is not None and tensor.dim() else 1
+
+
+def _board_meta() -> Dict[str, Any]:
+    """The board's performance settings while it measured: power mode (name and id), jetson_clocks, governor."""
+    mode = nvpmodel_query()
+    return {"nvpmodel": mode[1] if mode else None, "nvpmodel_id": mode[0] if mode else None,
+            "jetson_clocks": jetson_clocks_state(), "cpu_governor": cpu_governor()}
 
 
 def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, granularity: str,
@@ -161,6 +205,7 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
         "board": info.get("board"),
         "simulated": info.get("simulated") in (True, "true"),
         "measured_via": info.get("via"),
+        "calibration": info.get("calibration"),
         "sensor_update_interval_s": est.update_interval_s,
         "sample_period_s": est.sample_period_s,
         "estimator": est.method,
@@ -173,8 +218,7 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
         "target_ci": getattr(schedule, "target_ci", None),
         "budget_s": getattr(schedule, "budget_s", None),
         "budget_hit": getattr(schedule, "budget_hit", False),
-        "nvpmodel": nvpmodel_mode(),
-        "jetson_clocks": jetson_clocks_state(),
+        **_board_meta(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "host": platform.node(),

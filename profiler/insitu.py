@@ -45,7 +45,7 @@ from .errors import ProfilerError
 from .estimate import t_quantile_975
 from .measure import Window
 from .meter import MeterError, RawSample
-from .result import LayerResult, ProfileResult
+from .result import LayerResult, ProfileResult, plausibility
 
 DEFAULT_MIN_S = 30.0
 DEFAULT_UPDATES = 1200  # sensor updates a default run lasts...
@@ -71,6 +71,8 @@ SEARCH_ROUNDS = 4  # grids of PHASE_STEPS per coordinate, each a quarter as wide
 ALIGN_POINTS = 16  # grids around the fitted one, within the reads' bounds, that its uncertainty is taken over
 GRID_SLACK = 0.1  # periods by which a change bracket may miss the grid before it counts as a read error
 GRID_MIN_FIT = 0.9  # no grid when fewer of the change brackets than this fit it
+HELD_READS = 1.5  # reads per sensor update above which a read repeats a held value, not a fresh mean
+GRIDLESS_FLAG = "sensor update grid not found: attribution off by up to one update period"
 FRAMEWORK = "framework"
 METHODS = ("isolate", "in-situ", "both")
 
@@ -558,10 +560,14 @@ def attribute(insitu: "InSitu") -> Dict[str, Any]:
     times = np.array([s.t for s in insitu.samples], dtype=float)
     values = np.array([s.total_w for s in insitu.samples], dtype=float)
     grid = fit_grid(times, values, insitu.period_s) if len(times) > 2 and insitu.period_s else None
+    gridless = False
     if grid is None:  # each read describes the time since the previous one, as the sampler charges it
         design, keep = _design(insitu, activity, knots, times[:-1], times[1:])
         lags = int(math.ceil(SERIAL_S / max(float(np.median(np.diff(times))), 1e-6)))
         fit, how = Fit(design, values[1:][keep], lags=lags), "reads"
+        # a sensor that holds each update over several reads: a read is not the mean since the previous
+        # one, so energy lands up to a period away from its layer, and the CIs do not cover that
+        gridless = insitu.period_s > HELD_READS * float(np.median(np.diff(times)))
     else:
 
         # candidate grids are compared on a coarser model, the layers summed into a few runs of neighbours:
@@ -631,7 +637,7 @@ def attribute(insitu: "InSitu") -> Dict[str, Any]:
         "rows": rows, "whole": (fit.combo(whole_g), fit.combo(whole_dyn_g), float(np.mean(spans[:, 1] - spans[:, 0]))),
         "idle": fit.combo(idle_g), "before": fit.combo(first_g), "after": fit.combo(last_g),
         "drift": fit.combo(last_g - first_g), "updates": fit.used, "updates_total": len(fit.y),
-        "intervals": how, "inflation": fit.inflation, "knots": len(knots),
+        "intervals": how, "gridless": gridless, "inflation": fit.inflation, "knots": len(knots),
     }
 
 
@@ -676,6 +682,12 @@ def build_insitu_result(name: str, insitu: InSitu, model_op: str, meta: Dict[str
         else:
             layers.append(_row(len(calls), FRAMEWORK, "", FRAMEWORK, n, duration, energy, dynamic,
                                solved["updates"]))
+    peak_w = max((s.total_w for s in insitu.samples), default=float("nan"))
+    for layer in layers:
+        reasons = [plausibility(layer.energy_j, layer.energy_ci95_j, layer.dynamic_energy_j,
+                                layer.dynamic_energy_ci95_j, layer.duration_s, peak_w, 0, n),
+                   GRIDLESS_FLAG if solved["gridless"] else ""]
+        layer.flag = "; ".join(r for r in reasons if r)
     (whole_e, whole_d, whole_t) = solved["whole"]
     whole = _row(len(calls) + 1, "whole_model", "", model_op, n, whole_t, whole_e, whole_d,
                  solved["updates"]).to_dict()
@@ -685,7 +697,7 @@ def build_insitu_result(name: str, insitu: InSitu, model_op: str, meta: Dict[str
         "layers_energy_j": sum_e, "layers_dynamic_energy_j": sum_d,
         "coverage": sum_e / whole["energy_j"] if whole["energy_j"] else None,
         "dynamic_coverage": sum_d / whole["dynamic_energy_j"] if whole["dynamic_energy_j"] else None,
-        "layers_measured": len(layers),
+        "layers_measured": len(layers), "layers_flagged": sum(1 for layer in layers if layer.flag),
     })
     idle_w, idle_ci = solved["idle"]
     (before, before_ci), (after, after_ci), (drift, drift_ci) = solved["before"], solved["after"], solved["drift"]

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
+from exporter import files
+
 from .errors import ProfilerError, one_line
 
 SUMMARY_COLUMNS = (
@@ -40,27 +42,10 @@ def power_mode(meta: Dict[str, Any]) -> str:
 
 
 def atomic_write(path: str, fill: Callable[[Any], None], binary: bool = False) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+        return files.atomic_write(path, fill, binary)
     except OSError as exc:
         raise ProfilerError("cannot write %s: %s" % (path, one_line(exc))) from None
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as fh:
-            fill(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ProfilerError("cannot write %s: %s" % (path, one_line(exc))) from None
-        raise
-    return path
 
 
 def check_writable(out_dir: str) -> None:
@@ -111,17 +96,27 @@ def write_summary_csv(result: Any, path: str) -> str:
 def write_inference_csv(result: Any, path: str) -> str:
     """One row per profile: energy per inference (see ProfileResult.inference); only the header when the
     whole-model pass was not measured."""
-    figures = result.inference
+    rows = [] if result.inference is None else [result.inference]
+    return _write_inference_rows(result, path, rows, result.meta.get("method"))
+
+
+def write_batch_sizes_csv(result: Any, path: str) -> str:
+    """One row per batch size measured (ProfileResult.batch_sizes), the columns of the inference CSV; the
+    sweep's windows are isolated whole-model passes whatever the profile's method."""
+    return _write_inference_rows(result, path, result.batch_sizes or [], "isolate")
+
+
+def _write_inference_rows(result: Any, path: str, rows: List[Dict[str, Any]], method: Optional[str]) -> str:
+    meta = result.meta
+    common = {"model": result.model, "method": method, "power_mode": power_mode(meta),
+              "simulated": bool(meta.get("simulated")), "complete": result.complete}
 
     def fill(fh: TextIO) -> None:
         writer = csv.writer(fh)
         writer.writerow(INFERENCE_COLUMNS)
-        if figures is None:
-            return
-        meta = result.meta
-        row = dict(figures, model=result.model, method=meta.get("method"), power_mode=power_mode(meta),
-                   simulated=bool(meta.get("simulated")), complete=result.complete)
-        writer.writerow([_cell(row[name]) for name in INFERENCE_COLUMNS])
+        for figures in rows:
+            row = dict(figures, **common)
+            writer.writerow([_cell(row[name]) for name in INFERENCE_COLUMNS])
 
     return atomic_write(path, fill)
 
@@ -277,6 +272,8 @@ def console_summary(result: Any) -> str:
                      % (_fmt(whole["duration_s"], 1e3), _fmt(whole["energy_j"], 1e3),
                         _fmt(whole["dynamic_energy_j"], 1e3), _fmt(coverage, 100, 1)))
     lines.extend(inference_lines(result.inference, power_mode(result.meta)))
+    if result.batch_sizes is not None:
+        lines.extend(batch_size_lines(result.batch_sizes, result.meta.get("batch_sizes") or []))
     if result.comparison:
         from .insitu import compare_lines
 
@@ -305,6 +302,27 @@ def inference_lines(figures: Optional[Dict[str, Any]], mode: str) -> List[str]:
                _fmt(figures["dynamic_energy_per_inference_ci95_j"], 1e3),
                _fmt(figures["energy_per_sample_j"], 1e3), "n/a" if per_joule is None else "%.4g" % per_joule,
                _fmt(figures["mean_power_w"], 1, 3))]
+
+
+def batch_size_lines(rows: List[Dict[str, Any]], asked: List[int]) -> List[str]:
+    """Energy per inference and per sample at each batch size of the sweep, and the sizes not measured."""
+    lines = ["Batch sizes (whole model, energy per inference and per sample):"]
+    for figures in rows:
+        label = "  batch %d" % figures["batch_size"]
+        if figures["flag"]:
+            lines.append("%s: FLAGGED (%s) | Latency=%s ms" % (label, figures["flag"], _fmt(figures["latency_s"], 1e3)))
+            continue
+        lines.append("%s: Latency=%s ms | Energy=%s mJ/inference (+/- %s) | %s mJ/sample (dynamic %s) | "
+                     "%s samples/J"
+                     % (label, _fmt(figures["latency_s"], 1e3), _fmt(figures["energy_per_inference_j"], 1e3),
+                        _fmt(figures["energy_per_inference_ci95_j"], 1e3), _fmt(figures["energy_per_sample_j"], 1e3),
+                        _fmt(figures["dynamic_energy_per_sample_j"], 1e3),
+                        "%.4g" % (1.0 / figures["energy_per_sample_j"]) if figures["energy_per_sample_j"] > 0
+                        else "n/a"))
+    missing = [size for size in asked if size not in {figures["batch_size"] for figures in rows}]
+    if missing:
+        lines.append("  not measured: batch %s" % ", ".join(map(str, missing)))
+    return lines
 
 
 class ProgressBar:

@@ -24,6 +24,9 @@ def test_metrics_are_clean_in_both_formats_and_label_the_simulation():
         daemon.post("/api/v1/results", {"model": "vgg11", "layers": [
             {"index": 3, "layer": "Conv2d_3", "op": "Conv2d", "energy_j": 0.01, "dynamic_energy_j": 0.004,
              "duration_s": 0.002, "power_w": 5.0}]})
+        assert daemon.post("/api/v1/inference", {"model": "vgg11", "power_mode": "MAXN", "batch_size": 1,
+                                                 "latency_s": 0.05, "energy_j": 0.4, "dynamic_energy_j": 0.1,
+                                                 "power_w": 8.0})[0] == 200
         time.sleep(0.1)
         text = daemon.metrics()
         assert promtool_check(text) == ""

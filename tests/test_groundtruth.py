@@ -115,6 +115,29 @@ def test_grid_phase_sets_when_updates_appear():
     assert sensor.update_time(10.75) == pytest.approx(10.75)
 
 
+def test_jittered_updates_hold_the_mean_since_the_previous_update():
+    clock = Clock(0.0)
+    tl = Timeline(clock=clock)
+    run(tl, clock, "a", 2.0, 0.0, 2.3)
+    clock.t = 0.0
+    sensor = quiet_sensor(tl, 1.0, jitter_s=0.5)  # update k at k + [0, 0.5)
+    delays = [sensor.published(k) - k for k in range(1, 6)]
+    assert all(0.0 <= d < 0.5 for d in delays) and len(set(delays)) == 5  # off the grid, each its own way
+    for k in range(1, 5):
+        a, b = sensor.published(k - 1), sensor.published(k)
+        clock.t = b - 1e-9
+        held_before = sensor.read().total_watts
+        clock.t = b
+        overlap = max(0.0, min(b, 2.3) - max(a, 0.0))
+        assert sensor.read().total_watts == pytest.approx(3.0 + 2.0 * overlap / (b - a), abs=1e-9), k
+        assert sensor.update_time(b + 1e-9) == b
+        if k > 1:
+            a0 = sensor.published(k - 2)
+            assert held_before == pytest.approx(3.0 + 2.0 * max(0.0, min(a, 2.3) - max(a0, 0.0)) / (a - a0))
+    with pytest.raises(ValueError):
+        quiet_sensor(tl, 1.0, jitter_s=1.0)
+
+
 def test_noise_is_one_percent_plus_ten_milliwatts_and_quantised():
     clock = Clock(0.0)
     tl = Timeline(clock=clock)

@@ -9,12 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from exporter import contract
+from profiler import ProfilerError, profile
+from profiler.batch import rebatch
 from profiler.result import ProfileResult, inference_figures
 from tests.support import prom
 from tests.support.daemon import ROOT, Daemon
-from tests.support.profiler_cli import env
+from tests.support.groundtruth import Burn, GroundTruthSensor, Timeline
+from tests.support.profiler_cli import env, run_cli
 
 FAKEBIN = str(Path(__file__).resolve().parent / "fakebin")
 GAUGES = ("jetson_inference_energy_joules", "jetson_inference_dynamic_energy_joules",
@@ -135,3 +140,107 @@ def test_without_a_whole_model_figure_there_is_no_inference_and_the_csv_has_only
     with open(path) as fh:
         assert [line.split(",")[:4] for line in fh.read().splitlines()] == [
             ["model", "method", "power_mode", "batch_size"]]
+
+
+class BatchBurn(Burn):
+    """A layer whose work grows with the batch: ``overhead_s + per_sample_s x batch`` at ``extra_w`` above idle,
+    recorded under the key ``b<batch>`` so each batch size has its own exact truth."""
+
+    def __init__(self, extra_w, overhead_s, per_sample_s, timeline):
+        super().__init__(extra_w, overhead_s, timeline, "b")
+        self.per_sample_s = per_sample_s
+
+    def forward(self, x):
+        start = self.timeline.begin("b%d" % x.shape[0], self.extra_w)
+        while self.timeline.clock() < start + self.duration_s + self.per_sample_s * x.shape[0]:
+            pass
+        self.timeline.end()
+        return x
+
+
+@pytest.mark.slow
+def test_the_batch_size_sweep_recovers_the_true_energy_per_inference_and_per_sample(tmp_path):
+    timeline = Timeline()
+    sensor = GroundTruthSensor(timeline, 0.0066, idle_w=3.0, seed=3)
+    model = nn.Sequential(BatchBurn(2.0, 0.002, 0.001, timeline)).eval()
+    try:
+        result = profile(model, torch.zeros(1, 4), source=sensor, trials=3, model_name="batchburn", seed=1,
+                         batch_sizes=[1, 2, 8], warn=pytest.fail)
+    finally:
+        sensor.close()
+    assert result.complete and result.meta["batch_sizes"] == [1, 2, 8]
+    rows = result.batch_sizes
+    assert [row["batch_size"] for row in rows] == [1, 2, 8]
+    for row in rows:
+        truth = timeline.truth("b%d" % row["batch_size"], idle_w=3.0)  # every call of that size, exactly
+        assert not row["flag"], row
+        error = abs(row["dynamic_energy_per_inference_j"] - truth.dynamic_per_call_j)
+        # within 3 % of the truth, or within the run's own CI where the loaded machine widened it
+        assert error <= max(0.03 * truth.dynamic_per_call_j, row["dynamic_energy_per_inference_ci95_j"]), (row, truth)
+        assert row["energy_per_sample_j"] == pytest.approx(row["energy_per_inference_j"] / row["batch_size"])
+        assert row["dynamic_energy_per_sample_j"] == pytest.approx(
+            row["dynamic_energy_per_inference_j"] / row["batch_size"])
+    # the fixed overhead is shared by the batch: a sample costs less at batch 8 than at batch 1
+    assert rows[2]["dynamic_energy_per_sample_j"] < 0.5 * rows[0]["dynamic_energy_per_sample_j"]
+
+    paths = result.write_all(str(tmp_path))
+    data = json.load(open(paths["json"]))
+    assert [row["batch_size"] for row in data["batch_sizes"]] == [1, 2, 8]
+    with open(paths["batch_sizes_csv"]) as fh:
+        table = list(csv.DictReader(fh))
+    assert os.path.basename(paths["batch_sizes_csv"]) == "batchburn_batch_sizes.csv"
+    assert [int(r["batch_size"]) for r in table] == [1, 2, 8] and {r["method"] for r in table} == {"isolate"}
+    assert [float(r["energy_per_sample_j"]) for r in table] == [row["energy_per_sample_j"] for row in rows]
+    summary = result.console_summary()
+    assert "Batch sizes (whole model, energy per inference and per sample):" in summary
+    assert "  batch 8: Latency=" in summary and "not measured" not in summary
+
+
+def test_batch_sizes_are_checked_before_anything_is_measured(tmp_path):
+    model = nn.Sequential(nn.Flatten(0), nn.Linear(8, 2))  # flattens the batch too: only batch 1 fits
+    for sizes, reason in (([0], "positive integers"), ([2, 2], "given twice"), ([], "non-empty"),
+                          ("1,2", "non-empty"), ([1.5], "positive integers")):
+        with pytest.raises(ProfilerError, match=reason):
+            profile(model, torch.zeros(1, 8), source="sim", batch_sizes=sizes)
+    with pytest.raises(ProfilerError, match="the model rejects batch size 4: RuntimeError"):
+        profile(model, torch.zeros(1, 8), source="sim", batch_sizes=[1, 4])
+    out = tmp_path / "o"
+    proc = run_cli("--model", "resnet18", "--batch-sizes", "1,x", "--out", str(out))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--batch-sizes" in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
+def test_rebatch_cycles_the_example_samples_along_the_first_dimension():
+    x = torch.arange(6.0).reshape(3, 2)
+    assert rebatch(x, 5).tolist() == [[0, 1], [2, 3], [4, 5], [0, 1], [2, 3]]
+    assert rebatch(x, 2).tolist() == [[0, 1], [2, 3]]
+    nested = rebatch({"a": (x, torch.tensor(7.0)), "b": "keep"}, 4)
+    assert nested["a"][0].shape == (4, 2) and nested["a"][1].item() == 7.0 and nested["b"] == "keep"
+
+
+class StopAtBatch(nn.Module):
+    """Ctrl-C (KeyboardInterrupt) on the ``after``-th call with a batch of ``size``."""
+
+    def __init__(self, size, after):
+        super().__init__()
+        self.size, self.after, self.calls = size, after, 0
+
+    def forward(self, x):
+        if x.shape[0] == self.size:
+            self.calls += 1
+            if self.calls == self.after:
+                raise KeyboardInterrupt
+        return x * 2
+
+
+def test_ctrl_c_in_the_sweep_keeps_the_profile_and_marks_it_incomplete(tmp_path):
+    model = nn.Sequential(StopAtBatch(4, after=3)).eval()  # the check's call, a warm-up call, then Ctrl-C
+    result = profile(model, torch.zeros(1, 8), source="sim", min_window_s=0.05, trials=2, seed=1,
+                     batch_sizes=[4, 2], warn=pytest.fail)
+    assert not result.complete and result.meta["stopped_by"] == "interrupted"
+    assert result.inference is not None and result.layers[0].trials >= 1, "the profile before the sweep is kept"
+    assert result.batch_sizes == [], "the sweep stopped while calibrating: no size was measured"
+    assert "  not measured: batch 4, 2" in result.console_summary()
+    paths = result.write_all(str(tmp_path))
+    with open(paths["batch_sizes_csv"]) as fh:
+        assert len(fh.read().splitlines()) == 1

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import profiler
-from profiler.insitu import FRAMEWORK, _bartlett, fit_grid, on_grid
+from profiler.insitu import FRAMEWORK, GRIDLESS_FLAG, _bartlett, fit_grid, on_grid
 from tests.support.groundtruth import LAYERS, Timeline, binomial_floor, build_model
 from tests.support.insitu_harness import run_insitu_harness
 from tests.support.profiler_cli import run_cli
@@ -104,6 +104,14 @@ def test_rows_add_up_to_the_whole_model(quiet_run):
     assert whole["dynamic_energy_j"] == pytest.approx(math.fsum(c.dynamic_j for c in checks),
                                                       abs=2 * whole["dynamic_energy_ci95_j"])
     assert result.idle_power_w == pytest.approx(3.0, abs=2 * result.idle["power_ci95_w"] + 0.002)
+
+
+def test_a_sensor_off_any_grid_flags_every_row():
+    """Updates at irregular instants leave no grid to align the reads to: no row is shown as a plain number."""
+    result, _ = run_insitu_harness(PERIOD_S, seed=3, insitu_s=4.0, jitter_s=0.6 * PERIOD_S)
+    assert result.meta["update_intervals"] == "reads"
+    assert result.layers and all(GRIDLESS_FLAG in layer.flag for layer in result.layers)
+    assert result.whole_model["layers_flagged"] == len(result.layers)
 
 
 def test_busy_board_cis_hold_the_truth():

@@ -65,7 +65,7 @@ def test_write_all_makes_a_missing_folder_like_the_cli(tmp_path):
     out = tmp_path / "new" / "results"
     paths = result.write_all(str(out))
     assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in paths.values())
-    assert sorted(paths) == ["full_csv", "json", "plot", "summary_csv"]
+    assert sorted(paths) == ["full_csv", "inference_csv", "json", "plot", "summary_csv"]
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder\n")

@@ -53,6 +53,9 @@ def test_hwmon_tree_of_a_nano(tmp_path):
         info = source_info(daemon)
         assert info["source"] == "hwmon" and info["simulated"] == "false"
         assert total_watts(daemon) == pytest.approx(tree.expected_total_w, rel=1e-6)
+        tree.set_cooling("cpu-balanced", 1)  # the alarm and throttle files are read on this Python too
+        assert [(a["name"], a["kind"]) for a in daemon.json("/api/v1/alarms")["active"]] == [
+            ("thermal cpu-balanced", "thermal")]
 
 
 def test_tegrastats_log_replay_as_people_record_it(tmp_path):

@@ -13,7 +13,8 @@ real board can give.  So:
   INA3221, it publishes a new value every ``period_s`` on a fixed grid from its
   start: the *mean* true power over the period just ended, plus Gaussian noise
   (``noise_rel`` x P + ``noise_abs_w``) and quantised to ``quantum_w``; reads in
-  between return the held value.
+  between return the held value.  ``jitter_s`` > 0 delays each update by a
+  random [0, jitter_s): a monitor whose updates follow no regular grid.
 * :class:`Background` is what a busy board adds that belongs to no layer: an idle
   that drifts (a sine of ``drift_w`` amplitude and ``drift_period_s``) and random
   bursts (``burst_w`` for 0.2-0.6 s, starting every 1-3 s), both with exact
@@ -294,9 +295,13 @@ class GroundTruthSensor(PowerSource):
         seed: int = 0,
         phase_s: Optional[float] = None,
         background: Optional[Background] = None,
+        jitter_s: float = 0.0,
     ):
         if not period_s > 0:
             raise ValueError("period_s must be positive, got %r" % (period_s,))
+        if not 0 <= jitter_s < period_s:
+            raise ValueError("jitter_s must be in [0, period_s), got %r" % (jitter_s,))
+        self.jitter_s = jitter_s
         if period_s * 3 > timeline.keep_s:
             raise ValueError("timeline keeps %g s, too little for a %g s period" % (timeline.keep_s, period_s))
         self.timeline = timeline
@@ -332,17 +337,26 @@ class GroundTruthSensor(PowerSource):
             noisy = round(noisy / self.quantum_w) * self.quantum_w
         return noisy
 
+    def published(self, k: int) -> float:
+        """When update ``k`` appears: on the grid, delayed by its own random share of ``jitter_s``."""
+        delay = random.Random(self.seed * 7919 + k).uniform(0.0, self.jitter_s) if self.jitter_s else 0.0
+        return self.origin + k * self.update_interval_s + delay
+
+    def update_index(self, t: float) -> int:
+        """The update whose value is held at instant ``t``."""
+        k = math.floor((t - self.origin) / self.update_interval_s)
+        return k - 1 if t < self.published(k) else k
+
     def update_time(self, t: float) -> float:
         """When the value held at instant ``t`` was published."""
-        return self.origin + math.floor((t - self.origin) / self.update_interval_s) * self.update_interval_s
+        return self.published(self.update_index(t))
 
     def read(self) -> Reading:
         with self._lock:
             t = self.clock()
-            k = math.floor((t - self.origin) / self.update_interval_s)
+            k = self.update_index(t)
             if k != self._k:
-                g = self.origin + k * self.update_interval_s
-                self._value = self.measure(self.true_mean(g - self.update_interval_s, g), k)
+                self._value = self.measure(self.true_mean(self.published(k - 1), self.published(k)), k)
                 self._k = k
                 self.updates += 1
             value = self._value

@@ -86,14 +86,14 @@ class LoopTruth:
 
 def run_insitu_harness(period_s: float, seed: int, insitu_s: float, busy: bool = False,
                        layers: Sequence[Tuple[float, float]] = DEFAULT_LAYERS, idle_w: float = IDLE_W,
-                       noise_rel: float = NOISE_REL, noise_abs_w: float = NOISE_ABS_W):
+                       noise_rel: float = NOISE_REL, noise_abs_w: float = NOISE_ABS_W, jitter_s: float = 0.0):
     """(ProfileResult, [LayerCheck per Burn]) of ``profile(..., method="in-situ")`` on the harness."""
     import profiler
 
     timeline = Timeline(keep_s=math.inf)
     model = build_model(timeline, layers).eval()
     sensor = GroundTruthSensor(timeline, period_s, idle_w=idle_w, noise_rel=noise_rel, noise_abs_w=noise_abs_w,
-                               seed=seed, background=busy_background(seed) if busy else None)
+                               seed=seed, background=busy_background(seed) if busy else None, jitter_s=jitter_s)
     truth = LoopTruth(timeline, [burn.key for burn in model])
     result = profiler.profile(model, torch.zeros(1), source=sensor, method="in-situ", insitu_s=insitu_s,
                               seed=seed, progress=truth)
