@@ -22,10 +22,13 @@ $(STAMP): pyproject.toml setup.cfg setup.py
 	$(PIP) install -q -e '.$(if $(EXTRAS),[$(EXTRAS)])'
 	touch $(STAMP)
 
-# Debian packages the tests use for real: Prometheus/promtool, iproute2 (network namespaces), systemd-analyze.
+# Debian packages the tests use for real: Prometheus/promtool, iproute2 (network namespaces), systemd-analyze,
+# headless Chromium and its WebDriver (the landing page).
 system-deps:
 	@missing=""; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \

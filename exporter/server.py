@@ -14,6 +14,8 @@ while it waits on its client or on the sampler.  Scrapes share one rendered
 body until something it shows changes.
 """
 
+import dataclasses
+import hashlib
 import hmac
 import html
 import io
@@ -21,6 +23,7 @@ import ipaddress
 import json
 import logging
 import math
+import pkgutil
 import socket
 import socketserver
 import ssl
@@ -37,8 +40,9 @@ from prometheus_client.exposition import choose_encoder
 from . import validate
 from .alarms import AlarmWatch
 from .collector import PowerCollector
-from .layers import LayerBoard, LayerLimitError
+from .layers import LayerBoard, LayerLimitError, LayersSnapshot
 from .sampler import Sampler, WindowError
+from .sources.base import PowerSource
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,14 @@ MAX_SAMPLES_PER_RESPONSE = 20000
 METRICS_MAX_AGE_S = 1.0  # a cached /metrics body is re-rendered at least this often (stuck-layer expiry)
 DRAIN_MAX_BYTES = 8 * 1024 * 1024  # unread request bytes discarded before a close, so the 4xx is not lost
 DRAIN_S = 5.0  # ...for at most this long
+# The landing page (exporter/web) reads only this daemon's JSON API and loads nothing from another host.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class _Turn:
@@ -126,6 +138,11 @@ class _MetricsCache:
         with self._lock:
             self._writes += 1
 
+    @property
+    def writes(self) -> int:
+        """Writes taken so far: what the profiler told the daemon changes only when this does."""
+        return self._writes
+
     def get(self, content_type: str, accept: str) -> bytes:
         """The body for ``content_type``, rendered from ``accept`` (which negotiated it) when stale."""
         with self._lock:  # one render at a time; whoever waited for it takes its body
@@ -136,6 +153,40 @@ class _MetricsCache:
                 cached = (key, now, self._render(accept))
                 self._bodies[content_type] = cached
             return cached[2]
+
+
+class _Cacheable:
+    """A body with its validator: browsers revalidate it (no-cache) and get a bodiless 304 if unchanged."""
+
+    def __init__(self, body: bytes, content_type: str):
+        self.body = body
+        self.content_type = content_type
+        self.etag = '"%s"' % hashlib.sha256(body).hexdigest()[:32]
+
+
+def _web_file(name: str) -> bytes:
+    data = pkgutil.get_data(__name__.rpartition(".")[0], "web/" + name)
+    if data is None:
+        raise RuntimeError("exporter/web/%s is missing from the installed package" % name)
+    return data
+
+
+def landing_assets(source: PowerSource) -> Dict[str, _Cacheable]:
+    """The page, its script and its style, by path; the page names the source and shows the banner
+    without a script, since the source never changes while the daemon runs."""
+    fields = {
+        "{{source}}": html.escape(source.name),
+        "{{board}}": html.escape(source.board),
+        "{{simulated_hidden}}": "" if source.simulated else " hidden",
+    }
+    page = _web_file("index.html").decode("utf-8")
+    for key, value in fields.items():
+        page = page.replace(key, value)
+    return {
+        "/": _Cacheable(page.encode("utf-8"), "text/html; charset=utf-8"),
+        "/landing.js": _Cacheable(_web_file("landing.js"), "text/javascript; charset=utf-8"),
+        "/landing.css": _Cacheable(_web_file("landing.css"), "text/css; charset=utf-8"),
+    }
 
 
 class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
@@ -157,6 +208,9 @@ class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
         self.tls = tls
         self.turn = _Turn(sampler)
         self.metrics_cache = _MetricsCache(self.render_metrics, sampler)
+        self.assets = landing_assets(sampler.source)
+        self._layers_lock = threading.Lock()
+        self._layers_body: Tuple[Any, Optional[_Cacheable]] = (None, None)
         self._connection_slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def process_request(self, request, client_address):
@@ -190,6 +244,49 @@ class ExporterServer(socketserver.ThreadingMixIn, HTTPServer):
     def render_metrics(self, accept: str) -> bytes:
         """The /metrics body in the format ``accept`` asks for (Prometheus text or OpenMetrics)."""
         return self.collector.render(accept)[0]
+
+    def layers_body(self) -> _Cacheable:
+        """The /api/v1/layers answer, rendered again only after a write or a change of the active layers
+        (one expires with time alone): a page polls it every second and it may hold thousands of rows."""
+        writes = self.metrics_cache.writes  # before the snapshot: a write in between renders it again
+        snap = self.layers.snapshot()
+        key = (writes, snap.active)
+        with self._layers_lock:
+            cached_key, asset = self._layers_body
+            if asset is None or cached_key != key:
+                asset = _Cacheable(_dump_json(layers_json(snap)), "application/json")
+                self._layers_body = (key, asset)
+            return asset
+
+
+def layers_json(snap: LayersSnapshot) -> Dict[str, Any]:
+    """Active layers, and each model's last results and energy per inference (one entry per power mode),
+    most recently updated model first."""
+    models = []
+    for model, rows in reversed(list(snap.results.items())):
+        inference = snap.inference.get(model, ())
+        if not rows and not inference:
+            continue
+        layers = [{"index": r.index, "layer": r.layer, "op": r.op, "energy_j": r.energy_j,
+                   "dynamic_energy_j": r.dynamic_energy_j, "duration_s": r.duration_s, "power_w": r.power_w}
+                  for r in rows]
+        sums = {
+            "layers": len(rows),
+            "energy_j": math.fsum(r.energy_j for r in rows),
+            "dynamic_energy_j": math.fsum(r.dynamic_energy_j for r in rows),
+            "duration_s": math.fsum(r.duration_s for r in rows),
+        } if rows else {}
+        models.append({"model": model, "layers": layers, "layer_sums": sums,
+                       "inference": [dataclasses.asdict(r) for r in inference]})
+    return {
+        "active": [{"model": a.model, "index": a.index, "layer": a.layer, "op": a.op, "since": a.since}
+                   for a in snap.active],
+        "models": models,
+    }
+
+
+def _dump_json(data: Any) -> bytes:
+    return (json.dumps(data, separators=(",", ":")) + "\n").encode()
 
 
 def is_loopback(host: str) -> bool:
@@ -229,11 +326,12 @@ class Handler(BaseHTTPRequestHandler):
         _close_gracefully(self.connection)
 
     # -- plumbing --------------------------------------------------------
-    def _send(self, status: int, body: bytes, content_type: str, headers: Optional[Dict[str, str]] = None):
+    def _send(self, status: int, body: bytes, content_type: str, headers: Optional[Dict[str, str]] = None,
+              cache: str = "no-store"):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
+        self.send_header("Cache-Control", cache)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         if self.close_connection:
@@ -243,7 +341,22 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, data: Any):
-        self._send(status, (json.dumps(data, separators=(",", ":")) + "\n").encode(), "application/json")
+        self._send(status, _dump_json(data), "application/json")
+
+    def _send_cacheable(self, asset: _Cacheable, headers: Optional[Dict[str, str]] = None):
+        """200 with the body, or a bodiless 304 when the client already holds this version."""
+        headers = dict(headers or {}, ETag=asset.etag)
+        offered = self.headers.get("If-None-Match", "")
+        if asset.etag in (tag.strip() for tag in offered.split(",")) or offered.strip() == "*":
+            self.send_response(304)
+            self.send_header("Cache-Control", "no-cache")
+            for key, value in headers.items():
+                self.send_header(key, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            return
+        self._send(200, asset.body, asset.content_type, headers, cache="no-cache")
 
     def _error(self, status: int, reason: str):
         if status == 401:
@@ -299,10 +412,14 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch({
             "/metrics": self.metrics,
             "/": self.landing,
+            "/landing.js": self.landing,
+            "/landing.css": self.landing,
             "/healthz": self.healthz,
             "/api/v1/energy": self.api_energy,
             "/api/v1/samples": self.api_samples,
             "/api/v1/source": self.api_source,
+            "/api/v1/status": self.api_status,
+            "/api/v1/layers": self.api_layers,
             "/api/v1/alarms": self.api_alarms,
         })
 
@@ -327,26 +444,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(503, ("sensor down: %s\n" % reason).encode(), "text/plain; charset=utf-8")
 
     def landing(self):
-        sampler = self.server.sampler
-        source = sampler.source
-        snap = sampler.snapshot()
-        watts = "%.3f W" % snap.reading.total_watts if snap.up and snap.reading else "sensor down"
-        banner = ""
-        if source.simulated:
-            banner = ('<p style="background:#b00;color:#fff;padding:1em;font-size:1.4em">'
-                      "SIMULATED / REPLAYED DATA &mdash; these are not measurements of real hardware "
-                      "(source %s)</p>" % html.escape(source.name))
-        page = (
-            "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='2'>"
-            "<title>jetson-power-exporter</title></head><body><h1>jetson-power-exporter</h1>%s"
-            "<p>Source: <b>%s</b> &middot; board: <b>%s</b> &middot; sample period %.1f ms</p>"
-            "<p style='font-size:2em'>%s</p>"
-            "<ul><li><a href='/metrics'>/metrics</a></li><li><a href='/healthz'>/healthz</a></li>"
-            "<li><a href='/api/v1/source'>/api/v1/source</a></li>"
-            "<li>/api/v1/energy?start=T0&amp;end=T1 (monotonic seconds)</li>"
-            "<li>/api/v1/samples?since=T</li></ul></body></html>"
-        ) % (banner, html.escape(source.name), html.escape(source.board), sampler.period_s * 1e3, watts)
-        self._send(200, page.encode(), "text/html; charset=utf-8")
+        self._send_cacheable(self.server.assets[urlsplit(self.path).path], PAGE_HEADERS)
 
     def _query_float(self, name: str, default: Optional[float] = None) -> float:
         values = parse_qs(urlsplit(self.path).query).get(name)
@@ -383,13 +481,21 @@ class Handler(BaseHTTPRequestHandler):
     def api_samples(self):
         since = self._query_float("since", default=0.0)
         sampler = self.server.sampler
-        rows = sampler.samples(since, limit=MAX_SAMPLES_PER_RESPONSE)
-        self._json(200, {
+        answer = {
             "source": sampler.source.name,
             "simulated": sampler.source.simulated,
             "update_interval_s": sampler.source.update_interval_s,
-            "samples": [{"t": s.timestamp, "total_w": s.total_watts, "rails": s.rails} for s in rows],
-        })
+        }
+        if parse_qs(urlsplit(self.path).query).get("step"):
+            step = self._query_float("step")
+            if step <= 0:
+                raise validate.BadRequest("query parameter 'step' must be a positive number of seconds")
+            rows = sampler.means(since, step, limit=MAX_SAMPLES_PER_RESPONSE)
+            answer["step_s"] = step
+        else:
+            rows = sampler.samples(since, limit=MAX_SAMPLES_PER_RESPONSE)
+        answer["samples"] = [{"t": s.timestamp, "total_w": s.total_watts, "rails": s.rails} for s in rows]
+        self._json(200, answer)
 
     def api_source(self):
         sampler = self.server.sampler
@@ -399,6 +505,28 @@ class Handler(BaseHTTPRequestHandler):
         info["update_interval_s"] = sampler.source.update_interval_s
         info["calibration"] = _calibration(sampler)
         self._json(200, info)
+
+    def api_status(self):
+        """What the sampler holds now: the reading, the energy counters and how sampling goes."""
+        snap = self.server.sampler.snapshot()
+        reading = snap.reading if snap.up else None
+        self._json(200, {
+            "now": time.monotonic(),
+            "up": snap.up,
+            "total_w": reading.total_watts if reading else None,
+            "rails": reading.rails if reading else None,
+            "energy_joules": snap.energy_joules,
+            "rail_energy_joules": snap.rail_energy_joules,
+            "samples_total": snap.samples_total,
+            "errors_total": snap.errors_total,
+            "gap_seconds": snap.gap_seconds,
+            "sample_interval_s": snap.sample_interval_s,
+            "sensor_interval_s": snap.sensor_interval_s,
+            "last_error": snap.last_error,
+        })
+
+    def api_layers(self):
+        self._send_cacheable(self.server.layers_body())
 
     def api_alarms(self):
         snap = self.server.alarms.read()

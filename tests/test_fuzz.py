@@ -331,9 +331,10 @@ def test_live_write_api_answers_random_json_with_2xx_or_a_one_line_4xx(live, pat
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT", "PROPFIND",
             "get", "G\x7fT", "BREW"]
 _PATHS = ["/", "/metrics", "/healthz", "/api/v1/energy", "/api/v1/samples", "/api/v1/source", "/api/v1/layer",
+          "/api/v1/status", "/api/v1/layers", "/landing.js", "/landing.css",
           "/api/v1/results", "/api/v1/", "/api", "//metrics", "/metrics/", "/%2e%2e/etc/passwd", "/../../etc/passwd",
           "*", "http://127.0.0.1/metrics", "/api/v1/layer?x=1", "/\u00e9", "/%00", "/" + "a" * 3000]
-_QUERY_KEYS = ["start", "end", "since", "x", "", "start[]", "%00"]
+_QUERY_KEYS = ["start", "end", "since", "step", "x", "", "start[]", "%00"]
 
 
 def _number(rng, now):

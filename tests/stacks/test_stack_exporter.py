@@ -40,6 +40,10 @@ def test_simulated_board():
         assert info["source"] == "sim" and info["simulated"] == "true"
         assert 0.5 < total_watts(daemon) < 20
         assert daemon.json("/api/v1/source")["source"] == "sim"
+        # the landing page's files are package data: the installed package must carry them
+        assert "SIMULATED" in daemon.get("/") and "function si(" in daemon.get("/landing.js")
+        slots = daemon.json("/api/v1/samples?since=0&step=0.5")
+        assert slots["step_s"] == 0.5 and daemon.json("/api/v1/layers") == {"active": [], "models": []}
 
 
 def test_hwmon_tree_of_a_nano(tmp_path):
