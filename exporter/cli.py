@@ -11,9 +11,9 @@ import signal
 import ssl
 import sys
 import threading
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from . import __version__, config, sdnotify
+from . import __version__, calibration, config, sdnotify
 from .layers import LayerBoard
 from .sampler import Sampler
 from .server import ExporterServer
@@ -23,6 +23,7 @@ log = logging.getLogger("jetson-power-exporter")
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
+CALIBRATION_CHECK_S = 30.0  # how long the first reading may take before a calibration cannot be checked
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         token = config.read_token(settings["write_token_file"]) if settings["write_token_file"] else None
         tls = _tls_context(settings)
         host, port = config.parse_listen(settings["listen"])
-    except config.ConfigError as exc:
+        cal = calibration.load(settings["calibration"]) if settings["calibration"] else None
+    except (config.ConfigError, calibration.CalibrationError) as exc:
         print("%s: %s" % (prog, exc), file=sys.stderr)
         return EXIT_CONFIG
 
@@ -63,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("%s: cannot open source %r: %s" % (prog, settings["source"], exc), file=sys.stderr)
         return EXIT_RUNTIME
 
-    sampler = Sampler(source, sample_hz=settings["sample_hz"], buffer_s=settings["buffer_seconds"])
+    sampler = Sampler(source, sample_hz=settings["sample_hz"], buffer_s=settings["buffer_seconds"], calibration=cal)
     layers = LayerBoard(max_models=settings["max_models"], max_layers=settings["max_layers"],
                         active_timeout_s=settings["active_layer_timeout"],
                         max_power_modes=settings["max_power_modes"])
@@ -75,6 +77,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("%s: cannot listen on %s: %s" % (prog, settings["listen"], exc.strerror or exc), file=sys.stderr)
         return EXIT_RUNTIME
 
+    sampler.start()
+    if cal is not None:
+        failed = _check_calibration(sampler, cal)
+        if failed:
+            code, message = failed
+            server.server_close()
+            sampler.stop(timeout=1.0)
+            print("%s: %s" % (prog, message), file=sys.stderr)
+            return code
+        log.info("calibration %s (meter %s, %s) applied to %s", cal.path, cal.meter, cal.date,
+                 ", ".join(sorted(cal.rails)))
     if source.simulated:
         log.warning("source %s is SIMULATED/REPLAYED: these are not measurements of real hardware", source.name)
     log.info("source %s (board %s, sensor interval %s s), sampling every %.1f ms, serving on %s%s",
@@ -84,7 +97,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    sampler.start()
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                      name="http", daemon=True).start()
     threading.Thread(target=_notify_systemd, args=(sampler, stop), name="sd-notify", daemon=True).start()
@@ -95,6 +107,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     server.server_close()
     sampler.stop(timeout=1.0)
     return 0
+
+
+def _check_calibration(sampler: Sampler, cal: calibration.Calibration) -> Optional[Tuple[int, str]]:
+    """(exit code, message) when the calibration names a rail the source lacks or cannot be checked."""
+    if not sampler.wait_ready(CALIBRATION_CHECK_S):
+        reason = sampler.snapshot().last_error or "no reading within %.0f s" % CALIBRATION_CHECK_S
+        return EXIT_RUNTIME, "cannot check calibration file %s against the source's rails: %s" % (cal.path, reason)
+    try:
+        cal.check_rails(sampler.snapshot().rails)
+    except calibration.CalibrationError as exc:
+        return EXIT_CONFIG, str(exc)
+    return None
 
 
 def _notify_systemd(sampler: Sampler, stop: threading.Event) -> None:

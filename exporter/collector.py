@@ -50,6 +50,11 @@ class PowerCollector:
             if reading.amperes:
                 yield _per_rail("jetson_power_rail_amperes", "Current per monitored rail in amperes.",
                                 reading.amperes)
+            if self.sampler.calibration is not None and snap.raw_reading is not None:
+                yield _gauge("jetson_power_raw_total_watts", "Total board power as the sensor read it, before "
+                             "calibration, in watts.", snap.raw_reading.total_watts)
+                yield _per_rail("jetson_power_raw_rail_watts", "Power per rail as the sensor read it, before "
+                                "calibration, in watts.", snap.raw_reading.rails)
 
         yield CounterMetricFamily(
             "jetson_energy_joules", "Total energy integrated at the sample rate, in joules.",
@@ -90,6 +95,14 @@ class PowerCollector:
                                  labels=["source", "board", "simulated"])
         info.add_metric([source.name, source.board, "true" if source.simulated else "false"], 1.0)
         yield info
+        calibration = self.sampler.calibration
+        if calibration is not None:
+            applied = GaugeMetricFamily(
+                "jetson_power_calibration_info", "Calibration applied per rail (watts = gain x raw + offset_w); "
+                "value is always 1.", labels=["rail", "meter", "date", "gain", "offset_w"])
+            for rail, (gain, offset) in sorted(calibration.rails.items()):
+                applied.add_metric([rail, calibration.meter, calibration.date, "%g" % gain, "%g" % offset], 1.0)
+            yield applied
         build = GaugeMetricFamily("jetson_exporter_build_info", "Exporter version; value is always 1.",
                                   labels=["version"])
         build.add_metric([__version__], 1.0)

@@ -94,6 +94,8 @@ SETTINGS: Dict[str, Tuple[Any, Callable[[Any], Any], str]] = {
                         "power modes per model whose energy-per-inference series are kept (least recently updated "
                         "evicted)"),
     "active_layer_timeout": (300.0, _positive_float, "seconds after which an unended active layer expires"),
+    "calibration": (None, _optional_str, "YAML file of per-rail gain and offset_w against a reference meter "
+                                         "(jetson-power-calibrate writes one)"),
 }
 
 

@@ -5,7 +5,10 @@ integration rule is there); this module owns the clock, the thread and the
 locks.  A failed read never kills the thread: it counts the error, marks the
 sensor down, retries with backoff and does not integrate across the gap (a
 held value says nothing about the time the sensor was away); the skipped
-time is counted in ``gap_seconds_total``.
+time is counted in ``gap_seconds_total``.  A calibration
+(:mod:`exporter.calibration`) is applied here, to each reading before it is
+integrated, so power, energy and the history are all calibrated; the raw
+reading stays in the snapshot.
 """
 
 import logging
@@ -16,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from .calibration import Calibration
 from .integrator import EnergyIntegrator
 from .ringbuffer import RingBuffer
 from .sources.base import PowerSource, Reading
@@ -80,16 +84,19 @@ class SamplerSnapshot:
     last_error: str = ""
     buffer_span_s: float = 0.0
     rails: tuple = field(default_factory=tuple)
+    raw_reading: Optional[Reading] = None  # the reading before calibration (the same one without)
 
 
 class Sampler:
-    def __init__(self, source: PowerSource, sample_hz: Optional[float] = None, buffer_s: float = 600.0):
+    def __init__(self, source: PowerSource, sample_hz: Optional[float] = None, buffer_s: float = 600.0,
+                 calibration: Optional[Calibration] = None):
         """``sample_hz`` None: the sensor's update rate, at most MAX_DEFAULT_HZ, or DEFAULT_HZ when unknown."""
         if sample_hz is not None and not (sample_hz > 0 and math.isfinite(sample_hz)):
             raise ValueError("sample_hz must be a positive number, got %r" % (sample_hz,))
         if not (buffer_s > 0 and math.isfinite(buffer_s)):
             raise ValueError("buffer_s must be a positive number of seconds, got %r" % (buffer_s,))
         self.source = source
+        self.calibration = calibration
         if sample_hz is None:
             sample_hz = MAX_DEFAULT_HZ if source.update_interval_s else DEFAULT_HZ
         hz = sample_hz
@@ -109,6 +116,7 @@ class Sampler:
         self._buffer: Optional[RingBuffer] = None
         self._integrator: Optional[EnergyIntegrator] = None  # both made at the first reading, which names the rails
         self._reading: Optional[Reading] = None
+        self._raw_reading: Optional[Reading] = None
         self._up = False
         self._samples = 0
         self._errors = 0
@@ -212,7 +220,8 @@ class Sampler:
         if first:
             log.warning("sensor read failed (%s); retrying with backoff", message)
 
-    def _ingest(self, reading: Reading) -> None:
+    def _ingest(self, raw: Reading) -> None:
+        reading = raw if self.calibration is None else self.calibration.apply(raw)
         t = reading.timestamp
         with self._lock:
             integrator, buf = self._integrator, self._buffer
@@ -236,6 +245,7 @@ class Sampler:
                     self._sensor_ema = _ema(self._sensor_ema, t - self._last_change_t)
                 self._last_change_t = t
             self._reading = reading
+            self._raw_reading = raw
             self._samples += 1
             self._up = True
             if self._window_waiters:
@@ -287,6 +297,7 @@ class Sampler:
                 last_error=self._last_error,
                 buffer_span_s=(buf.newest_time() - buf.oldest_time()) if buf and buf.size else 0.0,
                 rails=rails,
+                raw_reading=self._raw_reading,
             )
 
     def energy(self, start: float, end: float, wait_s: float = 1.0) -> WindowEnergy:

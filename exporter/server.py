@@ -377,6 +377,7 @@ class Handler(BaseHTTPRequestHandler):
             "samples": window.samples,
             "mean_watts": window.mean_watts if window.covered_s > 0 else None,
             "covered_seconds": window.covered_s,
+            "calibration": _calibration(self.server.sampler),
         })
 
     def api_samples(self):
@@ -396,6 +397,7 @@ class Handler(BaseHTTPRequestHandler):
         info["sample_period_s"] = sampler.period_s
         info["simulated"] = sampler.source.simulated
         info["update_interval_s"] = sampler.source.update_interval_s
+        info["calibration"] = _calibration(sampler)
         self._json(200, info)
 
     def api_alarms(self):
@@ -471,6 +473,11 @@ class Handler(BaseHTTPRequestHandler):
         self.server.layers.set_inference(data["model"], data["result"])
         self.server.metrics_cache.written()
         self._json(200, {"ok": True})
+
+
+def _calibration(sampler: Sampler) -> Optional[Dict[str, Any]]:
+    """What the window and source APIs say of the calibration applied to their watts and joules."""
+    return sampler.calibration.describe() if sampler.calibration is not None else None
 
 
 def _close_gracefully(sock: socket.socket) -> None:

@@ -9,6 +9,7 @@ from .capture import InputRejected, LayerCall, capture
 from .core import profile
 from .errors import ProfilerError
 from .estimate import ESTIMATORS, Estimator
+from .powermodes import SweepResult, sweep_power_modes
 from .result import LayerResult, ProfileResult
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "LayerResult",
     "ProfileResult",
     "ProfilerError",
+    "SweepResult",
     "capture",
     "profile",
+    "sweep_power_modes",
 ]

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="auto", help="power source spec for in-process sampling (default auto)")
     p.add_argument("--sensor-interval-s", type=float, default=None,
                    help="requested sensor update interval, for sources that accept one")
+    p.add_argument("--calibration", metavar="FILE", default=None,
+                   help="calibration YAML (jetson-power-calibrate) for in-process sampling; a daemon applies its own")
     p.add_argument("--exporter", metavar="URL", default=None,
                    help="running jetson-power-exporter: read windows from it and push live progress")
     p.add_argument("--token-file", metavar="FILE", default=None,
@@ -59,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "layer; both: in-situ next to isolated (default isolate; see profiler/insitu.py)")
     p.add_argument("--insitu-s", type=float, default=None,
                    help="length of the in-situ run in seconds (default from the sensor's update interval)")
+    p.add_argument("--power-modes", metavar="IDS", default=None,
+                   help="profile under each nvpmodel power mode: 'all' or ids like 0,2 (needs root; the board is "
+                        "returned to the mode and clocks it was found in)")
+    p.add_argument("--jetson-clocks", choices=("on", "off", "both"), default=None,
+                   help="with --power-modes: profile each mode with jetson_clocks off, on or both (default off; "
+                        "alone: the current mode)")
+    p.add_argument("--settle-s", type=float, default=None,
+                   help="seconds to wait after a mode or clocks change before measuring (default 5)")
+    p.add_argument("--state-file", default=None,
+                   help="where a sweep records the state it found, for --restore (default "
+                        "/var/lib/jetson-power-exporter/sweep-state.json)")
+    p.add_argument("--restore", action="store_true",
+                   help="return the board to the mode and clocks a crashed sweep found it in, then exit")
     p.add_argument("--batch-sizes", metavar="N,N,...", default=None,
                    help="also measure the whole model at each of these batch sizes (e.g. 1,2,4,8): energy per "
                         "inference and per sample against batch size, in <model>_batch_sizes.csv")
@@ -108,6 +123,20 @@ def _run(args) -> int:
         raise ProfilerError("--budget-s must be a positive number of seconds")
     if args.insitu_s is not None and not args.insitu_s > 0:
         raise ProfilerError("--insitu-s must be positive")
+    sweep = args.power_modes is not None or args.jetson_clocks is not None
+    if args.restore:
+        from .powermodes import DEFAULT_STATE_FILE, restore_board
+
+        print(restore_board(args.state_file or DEFAULT_STATE_FILE))
+        return 0
+    if not sweep and (args.settle_s is not None or args.state_file is not None):
+        raise ProfilerError("--settle-s and --state-file are for --power-modes / --jetson-clocks")
+    if sweep:
+        from .powermodes import require_root
+
+        require_root("--power-modes" if args.power_modes is not None else "--jetson-clocks")
+        if args.settle_s is not None and not args.settle_s >= 0:
+            raise ProfilerError("--settle-s must be zero or more seconds")
     from .batch import parse_batch_sizes
     from .report import check_writable
 
@@ -133,15 +162,16 @@ def _run(args) -> int:
     example = torch.randn(*shape, device=device, dtype=dtype)
     options = {} if args.sensor_interval_s is None else {"interval_s": args.sensor_interval_s}
     bar = ProgressBar(sys.stderr)
+    settings = dict(source=args.source, exporter_url=args.exporter, token_file=args.token_file,
+                    cacert=args.cacert, cert=args.cert, key=args.key, min_window_s=args.min_window_s,
+                    trials=args.trials, granularity=args.granularity, estimator=args.estimator, model_name=name,
+                    target_ci=args.target_ci, budget_s=args.budget_s,
+                    seed=args.seed, progress=bar, warn=_stderr, source_options=options,
+                    method=args.method, insitu_s=args.insitu_s, batch_sizes=sizes, calibration=args.calibration)
     try:
-        result = profile(
-            model, example, source=args.source, exporter_url=args.exporter, token_file=args.token_file,
-            cacert=args.cacert, cert=args.cert, key=args.key, min_window_s=args.min_window_s,
-            trials=args.trials, granularity=args.granularity, estimator=args.estimator, model_name=name,
-            target_ci=args.target_ci, budget_s=args.budget_s,
-            seed=args.seed, progress=bar, warn=_stderr, source_options=options,
-            method=args.method, insitu_s=args.insitu_s, batch_sizes=sizes,
-        )
+        if sweep:
+            return _sweep(args, model, example, settings)
+        result = profile(model, example, **settings)
     except InputRejected as exc:
         raise ProfilerError("%s rejects input shape %s: %s" % (name, ",".join(map(str, shape)),
                                                                 str(exc).split(": ", 1)[-1])) from None
@@ -164,3 +194,37 @@ def _run(args) -> int:
     _stderr("%s: %s; wrote the %d layers measured so far, marked incomplete"
             % (PROG, stopped, sum(1 for layer in result.layers if layer.trials)))
     return 130 if stopped == "interrupted" else 1
+
+
+def _sweep(args, model, example, settings) -> int:
+    """--power-modes / --jetson-clocks: one profile per mode and clocks state, then the sweep's CSV and PNG."""
+    from .powermodes import DEFAULT_STATE_FILE, SETTLE_S, sweep_power_modes
+
+    try:
+        sweep = sweep_power_modes(
+            model, example, modes=args.power_modes if args.power_modes is not None else _current_mode(),
+            jetson_clocks=args.jetson_clocks or "off", settle_s=SETTLE_S if args.settle_s is None else args.settle_s,
+            state_file=args.state_file or DEFAULT_STATE_FILE, out_dir=args.out, notice=_stderr, **settings)
+    except KeyboardInterrupt:
+        _stderr("%s: interrupted between runs; the board is back in the state it was found in; the runs measured "
+                "so far are in %s" % (PROG, args.out))
+        return 130
+    print("\n".join(sweep.console_lines()))
+    print("Wrote to %s: %s_power_modes.csv and .png; per run %s_*" % (args.out, sweep.model,
+                                                                   "_*, ".join(run.stem for run in sweep.runs)))
+    if sweep.complete:
+        return 0
+    stopped = sweep.runs[-1].result.meta.get("stopped_by") if sweep.runs else None
+    _stderr("%s: sweep %s after %d run(s); the board is back in the state it was found in"
+            % (PROG, stopped or "stopped", len(sweep.runs)))
+    return 130 if stopped == "interrupted" else 1
+
+
+def _current_mode() -> str:
+    from .board import nvpmodel_query
+    from .errors import ProfilerError
+
+    found = nvpmodel_query()
+    if found is None:
+        raise ProfilerError("nvpmodel -q reports no power mode: --jetson-clocks needs a Jetson with nvpmodel")
+    return str(found[0])

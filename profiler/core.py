@@ -8,8 +8,10 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
+from exporter import calibration as calibration_file
+
 from .batch import check_batch_sizes, sweep_rows, sweep_units
-from .board import jetson_clocks_state, nvpmodel_mode
+from .board import cpu_governor, jetson_clocks_state, nvpmodel_query
 from .capture import LayerCall, as_call, capture, detached, op_name, parse_granularity
 from .client import DaemonClient
 from .errors import ProfilerError, one_line
@@ -47,7 +49,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
             progress: Optional[Callable[[int, int, str], None]] = None,
             warn: Callable[[str], None] = _stderr, source_options: Optional[Dict[str, Any]] = None,
             method: str = "isolate", insitu_s: Optional[float] = None,
-            batch_sizes: Optional[Sequence[int]] = None) -> ProfileResult:
+            batch_sizes: Optional[Sequence[int]] = None, calibration: Optional[str] = None) -> ProfileResult:
     """Measure the energy of every layer call of ``model`` on ``example_input``.
 
     ``example_input``: a tensor, a tuple/list of positional inputs or a dict
@@ -73,6 +75,9 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     ``batch_sizes``: also measure the whole model at each of these batch
     sizes (every input tensor's first dimension; see :mod:`profiler.batch`),
     in a second schedule after the profile, into ``result.batch_sizes``.
+    ``calibration``: a calibration YAML file (:mod:`exporter.calibration`)
+    for the in-process sampler; a daemon applies its own.  Either way
+    ``meta["calibration"]`` records what was applied.
 
     Ctrl-C (KeyboardInterrupt) while measuring does not propagate: the result
     holds what was measured and ``meta["complete"]`` is False.
@@ -101,6 +106,10 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     client = DaemonClient(exporter_url, token_file, cacert, cert, key) if exporter_url else None
     if client is None and (token_file or cacert or cert or key):
         raise ProfilerError("token_file, cacert, cert and key are for exporter_url, which is not given")
+    try:
+        cal = calibration_file.load(calibration) if calibration else None
+    except calibration_file.CalibrationError as exc:
+        raise ProfilerError(str(exc)) from None
     name = safe_name(model_name or getattr(model, "original_name", None) or type(model).__name__)
     started = time.time()
 
@@ -117,7 +126,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
                 raise ProfilerError("the model rejects batch size %s: %s: %s"
                                     % (unit.call.label[len("batch_"):], type(exc).__name__, one_line(exc))) from None
 
-    meter, daemon = open_meter(source, client, warn, **(source_options or {}))
+    meter, daemon = open_meter(source, client, warn, calibration=cal, **(source_options or {}))
     try:
         est = Estimator(estimator, meter.update_interval_s, meter.sample_period_s)
         window_s = float(min_window_s) if min_window_s is not None else est.default_min_window_s()
@@ -176,6 +185,13 @@ def batch_size(tensor: Optional[torch.Tensor]) -> int:
     return int(tensor.shape[0]) if tensor is not None and tensor.dim() else 1
 
 
+def _board_meta() -> Dict[str, Any]:
+    """The board's performance settings while it measured: power mode (name and id), jetson_clocks, governor."""
+    mode = nvpmodel_query()
+    return {"nvpmodel": mode[1] if mode else None, "nvpmodel_id": mode[0] if mode else None,
+            "jetson_clocks": jetson_clocks_state(), "cpu_governor": cpu_governor()}
+
+
 def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, granularity: str,
           tensor: Optional[torch.Tensor], schedule: Schedule, started: float) -> Dict[str, Any]:
     info = meter.info
@@ -189,6 +205,7 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
         "board": info.get("board"),
         "simulated": info.get("simulated") in (True, "true"),
         "measured_via": info.get("via"),
+        "calibration": info.get("calibration"),
         "sensor_update_interval_s": est.update_interval_s,
         "sample_period_s": est.sample_period_s,
         "estimator": est.method,
@@ -201,8 +218,7 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
         "target_ci": getattr(schedule, "target_ci", None),
         "budget_s": getattr(schedule, "budget_s", None),
         "budget_hit": getattr(schedule, "budget_hit", False),
-        "nvpmodel": nvpmodel_mode(),
-        "jetson_clocks": jetson_clocks_state(),
+        **_board_meta(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "host": platform.node(),

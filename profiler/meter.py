@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from exporter import calibration as calibration_file
 from exporter import contract
 from exporter.sampler import Sampler, WindowError
 from exporter.sources import PowerSource, SourceUnavailable, open_source
@@ -77,11 +78,15 @@ class PolledSource(PowerSource):
 
 
 class InProcessMeter:
-    """Owns a Sampler on the given source (a spec string or an object with ``read()``)."""
+    """Owns a Sampler on the given source (a spec string or an object with ``read()``).
+
+    ``calibration``: a :class:`exporter.calibration.Calibration` the sampler applies, as the daemon does.
+    """
 
     in_process = True
 
-    def __init__(self, source: Any = "auto", **options: Any):
+    def __init__(self, source: Any = "auto", calibration: Optional[calibration_file.Calibration] = None,
+                 **options: Any):
         if isinstance(source, str):
             try:
                 opened = PolledSource(open_source(source, **options), owned=True)
@@ -94,16 +99,23 @@ class InProcessMeter:
                                 % type(source).__name__)
         interval = opened.sensor_interval_s
         hz = MAX_SAMPLE_HZ if interval else UNKNOWN_INTERVAL_HZ
-        self.sampler = Sampler(opened, sample_hz=hz, buffer_s=3600.0).start()
+        self.sampler = Sampler(opened, sample_hz=hz, buffer_s=3600.0, calibration=calibration).start()
         if not self.sampler.wait_ready(READY_TIMEOUT_S):
             reason = self.sampler.snapshot().last_error or "no reading within %.0f s" % READY_TIMEOUT_S
             self.sampler.stop()
             raise ProfilerError("power source %s gives no readings: %s" % (opened.name, reason))
+        if calibration is not None:
+            try:
+                calibration.check_rails(self.sampler.snapshot().rails)
+            except calibration_file.CalibrationError as exc:
+                self.sampler.stop()
+                raise ProfilerError(str(exc)) from None
         self.sample_period_s = self.sampler.period_s
         self.update_interval_s = interval or self.sample_period_s
         self.info = dict(opened.describe())
         self.info["simulated"] = bool(opened.simulated)
         self.info["via"] = "in-process sampler"
+        self.info["calibration"] = calibration.describe() if calibration is not None else None
 
     def energy(self, start: float, end: float) -> WindowReading:
         try:

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
+from exporter import files
+
 from .errors import ProfilerError, one_line
 
 SUMMARY_COLUMNS = (
@@ -40,27 +42,10 @@ def power_mode(meta: Dict[str, Any]) -> str:
 
 
 def atomic_write(path: str, fill: Callable[[Any], None], binary: bool = False) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+        return files.atomic_write(path, fill, binary)
     except OSError as exc:
         raise ProfilerError("cannot write %s: %s" % (path, one_line(exc))) from None
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as fh:
-            fill(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ProfilerError("cannot write %s: %s" % (path, one_line(exc))) from None
-        raise
-    return path
 
 
 def check_writable(out_dir: str) -> None:

@@ -104,17 +104,19 @@ class ProfileResult:
     def write_inference_csv(self, path: str) -> str:
         return report.write_inference_csv(self, path)
 
-    def write_all(self, out_dir: str) -> Dict[str, str]:
+    def write_all(self, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
         """The files under ``out_dir`` (made when missing, as the CLI does): four named
-        ``<model>_layerwise_*`` and ``<model>_inference.csv``; returns kind -> path."""
+        ``<stem>_layerwise_*``, ``<stem>_inference.csv`` (and ``<stem>_batch_sizes.csv``), ``stem``
+        defaulting to the model's name (a power-mode sweep names each mode's files apart); returns kind -> path."""
         report.check_writable(out_dir)
-        base = os.path.join(out_dir, self.model + "_layerwise_")
+        stem = stem or self.model
+        base = os.path.join(out_dir, stem + "_layerwise_")
         paths = {
             "full_csv": self.write_full_csv(base + "energy_full.csv"),
             "summary_csv": self.write_summary_csv(base + "summary.csv"),
             "json": self.write_json(base + "summary.json"),
             "plot": self.write_plot(base + "energy_plot.png"),
-            "inference_csv": self.write_inference_csv(os.path.join(out_dir, self.model + "_inference.csv")),
+            "inference_csv": self.write_inference_csv(os.path.join(out_dir, stem + "_inference.csv")),
         }
         if self.comparison is not None:
             from .insitu import write_compare_csv
@@ -122,7 +124,7 @@ class ProfileResult:
             paths["compare_csv"] = write_compare_csv(self.comparison, base + "compare.csv")
         if self.batch_sizes is not None:
             paths["batch_sizes_csv"] = report.write_batch_sizes_csv(
-                self, os.path.join(out_dir, self.model + "_batch_sizes.csv"))
+                self, os.path.join(out_dir, stem + "_batch_sizes.csv"))
         return paths
 
     def console_summary(self) -> str:

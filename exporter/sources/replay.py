@@ -53,10 +53,18 @@ class Trace:
         self.times = times
         self.totals = totals
         self.rails = rails
+        self._columns = [totals] + list(rails.values())
+        self._cumulative = [_prefix_energy(times, watts) for watts in self._columns]
 
     @property
     def duration_s(self) -> float:
         return self.times[-1] - self.times[0]
+
+    def energy_at(self, x: float) -> List[float]:
+        """Energy of the total and of each rail (``rails`` order) from the first row to trace time ``x``."""
+        row = min(bisect.bisect_right(self.times, x) - 1, len(self.times) - 1)
+        dt = x - self.times[row]
+        return [cum[row] + watts[row] * dt for cum, watts in zip(self._cumulative, self._columns)]
 
     def energy(self) -> Tuple[float, Dict[str, float]]:
         """Exact energy of the step function: sum of P_i * (t_{i+1} - t_i)."""
@@ -151,18 +159,9 @@ class ReplaySource(PowerSource):
         self.trace = trace
         self.board = f"replay of {os.path.basename(path)}"
         self.row_spacing_s = statistics.median(b - a for a, b in zip(trace.times, trace.times[1:]))
-        columns = [trace.totals] + list(trace.rails.values())
         self._rail_names = list(trace.rails)
-        self._columns = columns
-        self._cumulative = [_prefix_energy(trace.times, watts) for watts in columns]
         self._start = now()
         self._previous: Optional[float] = None  # trace time of the previous read
-
-    def _energy_at(self, x: float) -> List[float]:
-        """Cumulative energy of every column from the trace start to trace time ``x``."""
-        row = min(bisect.bisect_right(self.trace.times, x) - 1, len(self.trace.times) - 1)
-        dt = x - self.trace.times[row]
-        return [cum[row] + watts[row] * dt for cum, watts in zip(self._cumulative, self._columns)]
 
     def read(self) -> Reading:
         first, end = self.trace.times[0], self.trace.times[-1]
@@ -175,9 +174,9 @@ class ReplaySource(PowerSource):
         x = min(x, end)
         if previous is None or x <= previous:
             row = bisect.bisect_right(self.trace.times, x) - 1
-            values = [watts[row] for watts in self._columns]
+            values = [self.trace.totals[row]] + [self.trace.rails[r][row] for r in self._rail_names]
         else:
-            e0, e1 = self._energy_at(previous), self._energy_at(x)
+            e0, e1 = self.trace.energy_at(previous), self.trace.energy_at(x)
             values = [(b - a) / (x - previous) for a, b in zip(e0, e1)]
         self._previous = x
         return Reading(

@@ -10,14 +10,15 @@ import sys
 import pytest
 import torch
 import torchvision
-from stack_helpers import Exporter, board_env, command, run
+from stack_helpers import Exporter, board_env, command, load_tests_module, run
 
 import profiler
-from profiler.board import jetson_clocks_state, nvpmodel_mode
+from profiler.board import jetson_clocks_state, nvpmodel_mode, nvpmodel_query
 from profiler.errors import ProfilerError
 from profiler.models import load_model
 
 FAST = ["--input-shape", "1,3,32,32", "--source", "sim", "--min-window-s", "0.02", "--trials", "1", "--seed", "1"]
+jetson_root = load_tests_module("jetson_root")
 OUTPUTS = ("energy_full.csv", "summary.csv", "summary.json", "energy_plot.png")
 
 # A module written to the working directory, as a user's own model is (``--model tinynets:kwnet``): a module
@@ -93,7 +94,7 @@ def test_torchvision_name_granularity_push_and_board_settings(workdir):
     with Exporter("--source", "sim") as daemon:
         proc = profile_cli(workdir, "--model", "resnet18", "--weights", "none", "--granularity", "children",
                            "--exporter", daemon.url, "--out", str(out), *FAST,
-                           FAKE_NVPMODEL_MODE="5W", FAKE_JETSON_CLOCKS="on")
+                           JETSON_ROOT=jetson_root.make_jetson_root(workdir / "board", 4, mode=1, clocks="on"))
         assert proc.returncode == 0, proc.stderr
         pushed = {labels["layer"] for labels, _ in daemon.samples("jetson_layer_call_energy_joules")
                   if labels["model"] == "resnet18"}
@@ -225,14 +226,14 @@ def test_python_api_replays_keyword_calls_and_writes_every_output(workdir):
 def test_board_probes_read_the_tools_as_they_print(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", board_env()["PATH"])
     monkeypatch.setenv("FAKE_NVPMODEL_FAN", "quiet")
-    monkeypatch.setenv("FAKE_NVPMODEL_MODE", "MAXN")
-    assert nvpmodel_mode() == "MAXN"
+    monkeypatch.setenv("JETSON_ROOT", jetson_root.make_jetson_root(tmp_path / "board", 4))
+    assert nvpmodel_mode() == "MAXN" and nvpmodel_query() == (0, "MAXN")
     empty_sys = str(tmp_path)  # no devfreq here: jetson_clocks --show answers
-    monkeypatch.setenv("FAKE_JETSON_CLOCKS", "off")
-    assert jetson_clocks_state(empty_sys) == "off"
-    monkeypatch.setenv("FAKE_JETSON_CLOCKS", "on")
-    assert jetson_clocks_state(empty_sys) == "on"
+    assert jetson_clocks_state(empty_sys) == "off" and jetson_clocks_state() == "off"
+    assert jetson_root.tool(tmp_path / "board", "jetson_clocks").returncode == 0
+    assert jetson_clocks_state(empty_sys) == "on" and jetson_clocks_state() == "on"
     monkeypatch.setenv("PATH", str(tmp_path))  # off a Jetson
+    monkeypatch.delenv("JETSON_ROOT")
     assert nvpmodel_mode() is None and jetson_clocks_state(empty_sys) is None
 
 

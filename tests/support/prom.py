@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -25,6 +25,7 @@ from tests.support.daemon import ROOT, free_port
 
 PROMETHEUS_YML = os.path.join(ROOT, "prometheus.yml")
 RULES_YML = os.path.join(ROOT, "deploy", "prometheus", "rules.yml")
+REMOTE_WRITE_YML = os.path.join(ROOT, "deploy", "prometheus", "remote-write.yml")
 JOB = "jetson-power"
 
 
@@ -58,6 +59,26 @@ def derive_config(target: str, scrape_interval: str = "1s", rule_files: Optional
     return config
 
 
+def derive_remote_write_config(target: str, receiver_url: str, scrape_interval: str = "1s",
+                               source: str = REMOTE_WRITE_YML) -> Dict[str, Any]:
+    """remote-write.yml with its job scraping ``target`` and its first remote_write queue sending to
+    ``receiver_url`` (a batch every second); everything else, relabelling included, as shipped."""
+    with open(source) as handle:
+        config = yaml.safe_load(handle)
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] == JOB]
+    if len(jobs) != 1:
+        raise ValueError("%s has no single scrape job %r" % (source, JOB))
+    job = jobs[0]
+    job.pop("file_sd_configs", None)
+    job["static_configs"] = [{"targets": [target]}]
+    job["scrape_interval"] = job["scrape_timeout"] = scrape_interval
+    config["global"].update(scrape_interval=scrape_interval, evaluation_interval=scrape_interval)
+    queue = config["remote_write"][0]
+    queue["url"] = receiver_url
+    queue.setdefault("queue_config", {})["batch_send_deadline"] = "1s"
+    return config
+
+
 def promtool_check(text: str) -> str:
     """``promtool check metrics`` on an exposition: its complaints, or "" when the text is clean."""
     result = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
@@ -67,7 +88,7 @@ def promtool_check(text: str) -> str:
 class Prometheus:
     """``prometheus`` as a subprocess with a throw-away TSDB; a context manager that always cleans up."""
 
-    def __init__(self, config: Dict[str, Any], host: str = "127.0.0.1"):
+    def __init__(self, config: Dict[str, Any], host: str = "127.0.0.1", extra_args: Sequence[str] = ()):
         self.dir = tempfile.mkdtemp(prefix="prom-test-")
         self.config_path = os.path.join(self.dir, "prometheus.yml")
         with open(self.config_path, "w") as handle:
@@ -80,7 +101,7 @@ class Prometheus:
             [binary("prometheus"), "--config.file=" + self.config_path,
              "--storage.tsdb.path=" + os.path.join(self.dir, "data"),
              "--web.listen-address=%s:%d" % (host, self.port),
-             "--storage.tsdb.retention.time=1h", "--log.level=warn"],
+             "--storage.tsdb.retention.time=1h", "--log.level=warn"] + list(extra_args),
             stdout=self._log, stderr=subprocess.STDOUT)
 
     def __enter__(self) -> "Prometheus":
@@ -140,6 +161,14 @@ class Prometheus:
         if data["resultType"] != "vector":
             raise ValueError("%s returned a %s" % (expr, data["resultType"]))
         return [{"metric": item["metric"], "value": float(item["value"][1])} for item in data["result"]]
+
+    def samples(self, selector: str, window: str, at: float) -> List[Dict[str, Any]]:
+        """The raw samples of ``selector[window]`` ending at ``at``: ``{"metric", "values": [(t, v)]}``."""
+        data = self.api("query", query="%s[%s]" % (selector, window), time="%.3f" % at)
+        if data["resultType"] != "matrix":
+            raise ValueError("%s[%s] returned a %s" % (selector, window, data["resultType"]))
+        return [{"metric": item["metric"], "values": [(float(t), float(v)) for t, v in item["values"]]}
+                for item in data["result"]]
 
     def wait_for(self, expr: str, timeout: float = 20.0, minimum: Optional[float] = None) -> List[Dict[str, Any]]:
         """Poll ``expr`` until it returns data (and its first value is >= ``minimum``)."""
