@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +18,9 @@ from profiler.result import ProfileResult, inference_figures
 from tests.support import prom
 from tests.support.daemon import ROOT, Daemon
 from tests.support.groundtruth import Burn, GroundTruthSensor, Timeline
+from tests.support.jetson_root import make_jetson_root, tool_env
 from tests.support.profiler_cli import env, run_cli
 
-FAKEBIN = str(Path(__file__).resolve().parent / "fakebin")
 GAUGES = ("jetson_inference_energy_joules", "jetson_inference_dynamic_energy_joules",
           "jetson_inference_latency_seconds", "jetson_inference_power_watts", "jetson_inference_per_joule",
           "jetson_inference_batch_size")
@@ -40,8 +39,9 @@ def _body(**changes):
 
 @pytest.mark.slow
 def test_a_real_profile_pushes_its_energy_per_inference_labelled_by_power_mode(tmp_path):
-    """CLI on mobilenet_v3_small (batch 2) under a stand-in nvpmodel in mode MODE_15W, against the real daemon."""
+    """CLI on mobilenet_v3_small (batch 2) on a stand-in Nano in power mode 5W, against the real daemon."""
     out = tmp_path / "o"
+    board = make_jetson_root(tmp_path / "board", 4, mode=1)
     with Daemon("--source", "sim") as daemon:
         # an earlier profile of the same model in another mode stays beside the new one
         assert daemon.post(contract.INFERENCE_PATH, _body(model="mobilenet_v3_small"))[0] == 200
@@ -49,13 +49,13 @@ def test_a_real_profile_pushes_its_energy_per_inference_labelled_by_power_mode(t
             [sys.executable, "-m", "profiler", "--model", "mobilenet_v3_small", "--weights", "none",
              "--input-shape", "2,3,32,32", "--granularity", "children", "--source", "sim", "--min-window-s", "0.05",
              "--trials", "2", "--seed", "1", "--exporter", daemon.url, "--out", str(out)],
-            cwd=ROOT, env=dict(env(), PATH=FAKEBIN + os.pathsep + os.environ["PATH"], FAKE_NVPMODEL_MODE="MODE_15W"),
+            cwd=ROOT, env=tool_env(board, PYTHONPATH=env()["PYTHONPATH"]),
             capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert "warning" not in proc.stderr.lower(), proc.stderr
         data = json.load(open(out / "mobilenet_v3_small_layerwise_summary.json"))
         inference, whole = data["inference"], data["whole_model"]
-        assert data["meta"]["nvpmodel"] == "MODE_15W" and data["meta"]["batch_size"] == 2
+        assert data["meta"]["nvpmodel"] == "5W" and data["meta"]["batch_size"] == 2
         assert inference["batch_size"] == 2 and inference["latency_s"] == whole["duration_s"] > 0
         assert inference["energy_per_inference_j"] == whole["energy_j"] > 0
         assert inference["energy_per_inference_ci95_j"] == whole["energy_ci95_j"]
@@ -63,11 +63,11 @@ def test_a_real_profile_pushes_its_energy_per_inference_labelled_by_power_mode(t
         assert inference["energy_per_sample_j"] == pytest.approx(whole["energy_j"] / 2)
         assert inference["inferences_per_joule"] == pytest.approx(1 / whole["energy_j"])
         assert inference["mean_power_w"] == whole["power_w"]
-        assert "Per inference (batch 2, power mode MODE_15W): " in proc.stdout
+        assert "Per inference (batch 2, power mode 5W): " in proc.stdout
 
         with open(out / "mobilenet_v3_small_inference.csv") as fh:
             (row,) = list(csv.DictReader(fh))
-        assert row["power_mode"] == "MODE_15W" and row["method"] == "isolate" and row["simulated"] == "True"
+        assert row["power_mode"] == "5W" and row["method"] == "isolate" and row["simulated"] == "True"
         assert float(row["energy_per_inference_j"]) == inference["energy_per_inference_j"]
         assert int(row["batch_size"]) == 2
 
@@ -82,7 +82,7 @@ def test_a_real_profile_pushes_its_energy_per_inference_labelled_by_power_mode(t
             assert _by_mode(daemon, "jetson_inference_energy_joules", model) == {"MAXN": 0.05}
             return
         assert _by_mode(daemon, "jetson_inference_energy_joules", model) == {
-            "MAXN": 0.05, "MODE_15W": pytest.approx(inference["energy_per_inference_j"])}
+            "MAXN": 0.05, "5W": pytest.approx(inference["energy_per_inference_j"])}
         expected = {
             "jetson_inference_dynamic_energy_joules": inference["dynamic_energy_per_inference_j"],
             "jetson_inference_latency_seconds": inference["latency_s"],
@@ -91,20 +91,20 @@ def test_a_real_profile_pushes_its_energy_per_inference_labelled_by_power_mode(t
             "jetson_inference_batch_size": 2,
         }
         for metric, value in expected.items():
-            assert _by_mode(daemon, metric, model)["MODE_15W"] == pytest.approx(value), metric
+            assert _by_mode(daemon, metric, model)["5W"] == pytest.approx(value), metric
 
 
 def test_the_daemon_bounds_power_modes_and_refuses_what_the_contract_refuses():
     with Daemon("--source", "sim", "--max-power-modes", "2", "--max-models", "1") as daemon:
-        for mode in ("MAXN", "MODE_10W", "MODE_15W"):
+        for mode in ("MAXN", "MODE_10W", "5W"):
             assert daemon.post(contract.INFERENCE_PATH, _body(power_mode=mode)) == (200, {"ok": True})
         # the least recently updated mode goes, counted with the other evicted series
-        assert set(_by_mode(daemon, "jetson_inference_energy_joules", "net")) == {"MODE_10W", "MODE_15W"}
+        assert set(_by_mode(daemon, "jetson_inference_energy_joules", "net")) == {"MODE_10W", "5W"}
         assert daemon.value("jetson_exporter_layer_series_evicted_total") == 6
-        assert _by_mode(daemon, "jetson_inference_per_joule", "net") == {"MODE_10W": 20.0, "MODE_15W": 20.0}
+        assert _by_mode(daemon, "jetson_inference_per_joule", "net") == {"MODE_10W": 20.0, "5W": 20.0}
         # zero energy has no inferences per joule: that gauge is left out, not infinite
         assert daemon.post(contract.INFERENCE_PATH, _body(power_mode="MODE_10W", energy_j=0.0))[0] == 200
-        assert _by_mode(daemon, "jetson_inference_per_joule", "net") == {"MODE_15W": 20.0}
+        assert _by_mode(daemon, "jetson_inference_per_joule", "net") == {"5W": 20.0}
         # a second model evicts the first (max_models 1) with its inference series
         assert daemon.post(contract.INFERENCE_PATH, _body(model="other"))[0] == 200
         assert set(m for labels, _ in daemon.values("jetson_inference_energy_joules")
