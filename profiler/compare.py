@@ -16,7 +16,6 @@ cannot be right, see profiler.result.plausibility) gets no difference.
 """
 
 import csv
-import io
 import json
 import math
 import os
@@ -26,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .errors import ProfilerError, one_line
 from .estimate import difference_ci95
 from .models import safe_name
-from .report import _cell, _energy_unit, _json_safe, atomic_write, check_writable
+from .report import _cell, _energy_unit, _json_safe, atomic_write, check_writable, png_figure
 
 # which energy is compared: the field and its CI field in a layer row
 ENERGIES = {
@@ -493,11 +492,6 @@ def _plot(comparison: Comparison, path: str) -> str:
     so 150+ layers stay readable; significant top-N changes are shaded and
     their labels set in red, and repeated in the panel above with their CIs.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     profiles = comparison.profiles
     rows = _plot_rows(comparison)
     n, k = max(len(rows), 1), len(profiles)
@@ -509,8 +503,7 @@ def _plot(comparison: Comparison, path: str) -> str:
     scale, unit = _energy_unit(largest)
     top_h = 0.3 * len(top) + 1.2 if top else 0.0
     main_h = 0.12 * n * max(2, k) + 1.8
-    fig = plt.figure(figsize=(11, min(top_h + main_h, 300.0)))
-    try:
+    with png_figure(path, figsize=(11, min(top_h + main_h, 300.0))) as fig:
         grid = fig.add_gridspec(2 if top else 1, 1, height_ratios=[top_h, main_h] if top else [1])
         if top:
             ax = fig.add_subplot(grid[0])
@@ -569,12 +562,7 @@ def _plot(comparison: Comparison, path: str) -> str:
         if warnings:
             title += "\nwarning: " + "\nwarning: ".join(warnings[:6]) + (" ..." if len(warnings) > 6 else "")
         ax.set_title(title, fontsize=8)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return atomic_write(path, lambda fh: fh.write(buffer.getvalue()), binary=True)
+    return path
 
 
 def _plot_rows(comparison: Comparison) -> List[Dict[str, Any]]:

@@ -758,17 +758,9 @@ def compare(isolated: ProfileResult, insitu: ProfileResult) -> List[Dict[str, An
 
 
 def write_compare_csv(rows: List[Dict[str, Any]], path: str) -> str:
-    from . import report
+    from .report import write_rows
 
-    def fill(fh) -> None:
-        import csv
-
-        writer = csv.writer(fh)
-        writer.writerow(COMPARE_COLUMNS)
-        for row in rows:
-            writer.writerow([report._cell(row[name]) for name in COMPARE_COLUMNS])
-
-    return report.atomic_write(path, fill)
+    return write_rows(path, COMPARE_COLUMNS, rows)
 
 
 def compare_lines(rows: List[Dict[str, Any]]) -> List[str]:

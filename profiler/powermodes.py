@@ -24,9 +24,7 @@ before anything changes; nvpmodel's prompt is always answered "no", so a mode it
 refused with its own words.
 """
 
-import csv
 import datetime
-import io
 import json
 import math
 import os
@@ -310,26 +308,13 @@ class SweepResult:
         return any(run.result.meta.get("simulated") for run in self.runs)
 
     def write_csv(self, path: str) -> str:
-        rows = self.rows()
-
-        def fill(fh) -> None:
-            writer = csv.writer(fh)
-            writer.writerow(CSV_COLUMNS)
-            for row in rows:
-                writer.writerow([report._cell(row[name]) for name in CSV_COLUMNS])
-
-        return report.atomic_write(path, fill)
+        return report.write_rows(path, CSV_COLUMNS, self.rows())
 
     def write_plot(self, path: str) -> str:
         """Latency against energy per inference, one point per run, the Pareto front joined and marked."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
-
         rows = [r for r in self.rows() if _finite(r["latency_s"]) and _finite(r["energy_per_inference_j"])]
-        fig, ax = plt.subplots(figsize=(8, 5.5))
-        try:
+        with report.png_figure(path, figsize=(8, 5.5)) as fig:
+            ax = fig.subplots()
             scale, unit = report._energy_unit(max([r["energy_per_inference_j"] for r in rows] + [0.0]))
             for row in rows:
                 x, y = row["latency_s"] * 1e3, row["energy_per_inference_j"] * scale
@@ -353,12 +338,7 @@ class SweepResult:
             if not self.complete:
                 title += " -- INCOMPLETE"
             ax.set_title(title, fontsize=10)
-            fig.tight_layout()
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=100)
-        finally:
-            plt.close(fig)
-        return report.atomic_write(path, lambda fh: fh.write(buffer.getvalue()), binary=True)
+        return path
 
     def write_summary(self, out_dir: str) -> Dict[str, str]:
         """``<model>_power_modes.csv`` and ``.png`` under ``out_dir``."""

@@ -8,6 +8,7 @@ write leaves either the old file or none -- never half of one.
 """
 
 import bisect
+import contextlib
 import csv
 import io
 import json
@@ -15,7 +16,7 @@ import math
 import os
 import sys
 import tempfile
-from typing import Any, Callable, Dict, List, Optional, TextIO
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO
 
 from exporter import files
 
@@ -110,15 +111,37 @@ def _write_inference_rows(result: Any, path: str, rows: List[Dict[str, Any]], me
     meta = result.meta
     common = {"model": result.model, "method": method, "power_mode": power_mode(meta),
               "simulated": bool(meta.get("simulated")), "complete": result.complete}
+    return write_rows(path, INFERENCE_COLUMNS, [dict(figures, **common) for figures in rows])
 
+
+def write_rows(path: str, columns: Sequence[str], rows: Iterable[Dict[str, Any]]) -> str:
+    """A CSV of ``rows`` (dicts) in ``columns`` order, cells written as in every CSV here."""
     def fill(fh: TextIO) -> None:
         writer = csv.writer(fh)
-        writer.writerow(INFERENCE_COLUMNS)
-        for figures in rows:
-            row = dict(figures, **common)
-            writer.writerow([_cell(row[name]) for name in INFERENCE_COLUMNS])
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row[name]) for name in columns])
 
     return atomic_write(path, fill)
+
+
+@contextlib.contextmanager
+def png_figure(path: str, **figure: Any) -> Iterator[Any]:
+    """A matplotlib figure that is written to ``path`` as a PNG when the block ends (atomically), closed either way."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig = plt.figure(**figure)
+    try:
+        yield fig
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    atomic_write(path, lambda fh: fh.write(buffer.getvalue()), binary=True)
 
 
 def write_full_csv(result: Any, path: str) -> str:
@@ -167,16 +190,11 @@ def write_plot(result: Any, path: str) -> str:
     The figure grows with the layer count (a fixed height per bar), so 150+
     layers stay readable; the error bar is the 95 % CI of the total energy.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     layers = [layer for layer in result.layers if layer.trials or layer.flag]
     n = max(len(layers), 1)
     height = min(max(3.0, 0.22 * n + 1.6), 300.0)
-    fig, ax = plt.subplots(figsize=(10, height))
-    try:
+    with png_figure(path, figsize=(10, height)) as fig:
+        ax = fig.subplots()
         y = list(range(len(layers)))
         scale, unit = _energy_unit(max([layer.energy_j for layer in layers if not layer.flag] + [0.0]))
         # a flagged layer gets no bar: its reason is written where the bar would be
@@ -207,12 +225,7 @@ def write_plot(result: Any, path: str) -> str:
             title += " -- INCOMPLETE"
         ax.set_title(title, fontsize=10)
         ax.legend(loc="lower right", fontsize=8)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return atomic_write(path, lambda fh: fh.write(buffer.getvalue()), binary=True)
+    return path
 
 
 def _energy_unit(largest: float):
