@@ -17,7 +17,7 @@ from profiler.batch import rebatch
 from profiler.result import ProfileResult, inference_figures
 from tests.support import prom
 from tests.support.daemon import ROOT, Daemon
-from tests.support.groundtruth import Burn, GroundTruthSensor, Timeline
+from tests.support.groundtruth import Burn, GroundTruthSensor, Timeline, hold_until
 from tests.support.jetson_root import make_jetson_root, tool_env
 from tests.support.profiler_cli import env, run_cli
 
@@ -156,8 +156,7 @@ class BatchBurn(Burn):
 
     def forward(self, x):
         start = self.timeline.begin("b%d" % x.shape[0], self.extra_w)
-        while self.timeline.clock() < start + self.duration_s + self.per_sample_s * x.shape[0]:
-            pass
+        hold_until(start + self.duration_s + self.per_sample_s * x.shape[0], self.timeline.clock)
         self.timeline.end()
         return x
 

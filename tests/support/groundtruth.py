@@ -165,7 +165,7 @@ class Timeline:
             return list(self._stats)
 
 
-def _wait_until(deadline: float, clock: Callable[[], float]) -> None:
+def hold_until(deadline: float, clock: Callable[[], float]) -> None:
     """Hold until ``deadline`` without holding the GIL for long (a kernel releases it too)."""
     while True:
         remaining = deadline - clock()
@@ -193,7 +193,7 @@ class Burn(nn.Module):
 
     def forward(self, x):
         start = self.timeline.begin(self.key, self.extra_w)
-        _wait_until(start + self.duration_s, self.timeline.clock)
+        hold_until(start + self.duration_s, self.timeline.clock)
         self.timeline.end()
         return x
 
