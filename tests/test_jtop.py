@@ -124,7 +124,9 @@ def test_service_killed_gives_sensor_errors_then_recovers(scenario):
 def test_hung_service_repeats_then_errors_without_blocking(scenario):
     seen = scenario["while_stopped"]
     assert max(took for _, _, took in seen) < 1.5 * INTERVAL_S + 0.2, seen
-    assert all(stamp < scenario["stopped_at"] for kind, stamp, _ in seen if kind == "reading"), seen
+    # nothing new once the service hangs: at most the one sample it had in flight when SIGSTOP landed
+    late = {stamp for kind, stamp, _ in seen if kind == "reading" and stamp >= scenario["stopped_at"]}
+    assert len(late) <= 1, seen
     errors = [message for kind, message, _ in seen if kind == "error"]
     assert any("no new sample" in message for message in errors), seen
     assert scenario["resumed"] is not None, "no new sample after the service resumed"
