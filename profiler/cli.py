@@ -11,6 +11,7 @@ incomplete).
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -18,6 +19,20 @@ import warnings
 from typing import List, Optional
 
 PROG = "jetson-power-profile"
+
+
+def _budget(text: str):
+    """--budget-s: seconds, ``auto`` or ``none``."""
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return None if word == "none" else word
+    try:
+        seconds = float(word)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError("give a positive number of seconds, auto or none, not %r" % text)
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-ci", type=float, default=0.02,
                    help="add windows until each layer's 95 %% CI of dynamic energy is within this fraction "
                         "(tiny layers: of 1 %% of the whole model's; default 0.02)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="stop adding windows after this many seconds (default: no limit, at most 4x trials)")
+    p.add_argument("--budget-s", type=_budget, default="auto",
+                   help="stop adding windows after this many seconds; auto (default): when the run has lasted "
+                        "1.5x its planned rounds, and not before 120 s; none: only the targets and the window "
+                        "cap end it")
     p.add_argument("--estimator", choices=("robust", "settled", "shifted", "window"), default="robust",
                    help="window energy estimator (default robust; see profiler/estimate.py)")
     p.add_argument("--seed", type=int, default=None, help="seed for the shuffled layer order")
@@ -157,8 +174,6 @@ def _run(args) -> int:
         raise ProfilerError("--min-window-s must be positive")
     if not args.target_ci > 0:
         raise ProfilerError("--target-ci must be a positive fraction (0.02 is +/-2 %)")
-    if args.budget_s is not None and not args.budget_s > 0:
-        raise ProfilerError("--budget-s must be a positive number of seconds")
     if args.insitu_s is not None and not args.insitu_s > 0:
         raise ProfilerError("--insitu-s must be positive")
     sweep = args.power_modes is not None or args.jetson_clocks is not None

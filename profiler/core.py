@@ -4,7 +4,7 @@ import datetime
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 
@@ -17,7 +17,7 @@ from .client import DaemonClient
 from .errors import ProfilerError, one_line
 from .estimate import ESTIMATORS, Estimator
 from .insitu import METHODS, InSitu, build_insitu_result, compare, default_duration_s
-from .measure import Schedule, Unit
+from .measure import AUTO, Schedule, Unit
 from .meter import open_meter
 from .models import safe_name
 from .push import LivePush
@@ -44,7 +44,7 @@ def _first_tensor(value: Any) -> Optional[torch.Tensor]:
 def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_url: Optional[str] = None,
             token_file: Optional[str] = None, cacert: Optional[str] = None, cert: Optional[str] = None,
             key: Optional[str] = None, min_window_s: Optional[float] = None, trials: int = 5, granularity: str = "leaf",
-            estimator: str = "robust", target_ci: float = 0.02, budget_s: Optional[float] = None,
+            estimator: str = "robust", target_ci: float = 0.02, budget_s: Union[float, str, None] = AUTO,
             model_name: Optional[str] = None, seed: Optional[int] = None,
             progress: Optional[Callable[[int, int, str], None]] = None,
             warn: Callable[[str], None] = _stderr, source_options: Optional[Dict[str, Any]] = None,
@@ -65,8 +65,9 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     ``granularity``: ``leaf``, ``children`` or ``depth:N``.
     ``trials``: windows per layer at least; layers whose 95 % CI of dynamic
     energy is wider than ``target_ci`` (relative; tiny layers: of 1 % of the
-    whole model's) get more, until ``budget_s`` seconds have passed (no limit
-    when None; then at most 4 x trials windows).
+    whole model's) get more, the widest first, until ``budget_s`` seconds
+    have passed (``"auto"``: 1.5 x the planned rounds' time, at least 120 s;
+    None: no limit) or a layer has its cap of windows (4 x trials, or 6 s).
     ``method``: ``isolate`` (replay each layer alone), ``in-situ`` (run the
     whole model, solve for each layer; see :mod:`profiler.insitu`) or
     ``both`` (the in-situ result, with ``comparison`` holding both side by
@@ -89,9 +90,9 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         raise ProfilerError("min_window_s must be positive, got %r" % (min_window_s,))
     if isinstance(target_ci, bool) or not isinstance(target_ci, (int, float)) or not target_ci > 0:
         raise ProfilerError("target_ci must be a positive fraction (0.02 is +/-2 %%), got %r" % (target_ci,))
-    if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float))
-                                 or not budget_s > 0):
-        raise ProfilerError("budget_s must be a positive number of seconds, got %r" % (budget_s,))
+    if budget_s is not None and budget_s != AUTO and (
+            isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or not budget_s > 0):
+        raise ProfilerError("budget_s must be a positive number of seconds, %r or None, got %r" % (AUTO, budget_s))
     if estimator not in ESTIMATORS:
         raise ProfilerError("unknown estimator %r: use %s" % (estimator, ", ".join(ESTIMATORS)))
     if method not in METHODS:
@@ -217,6 +218,7 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
         "windows_disturbed": disturbed,
         "target_ci": getattr(schedule, "target_ci", None),
         "budget_s": getattr(schedule, "budget_s", None),
+        "budget_auto": getattr(schedule, "auto_budget", False),
         "budget_hit": getattr(schedule, "budget_hit", False),
         **_board_meta(),
         "torch_version": torch.__version__,

@@ -87,6 +87,11 @@ NOISE_WINDOW_CAP_S = 2.0  # ...unless that would make windows longer than this
 # robust: a shorter core, since references are interleaved and windows are added until the CI is reached;
 # short windows also lose less to a background burst (see profiler.measure).
 ROBUST_CORE_CAP_S = 1.0
+# A fast sensor's core: FAST_CORE_UPDATES updates and at least ROBUST_CORE_MIN_S.  Short windows cost only
+# the sensor's reach each; adaptive stopping adds windows where noise needs them, and references
+# interleaved every profiler.measure.REF_SPACING_S follow drift whatever the window length.
+ROBUST_CORE_MIN_S = 0.05
+FAST_CORE_UPDATES = 8
 BLOCK_K = 4.0  # a block this many block-noise sigmas from its window's median is a burst
 BLOCK_CALLS = 4  # a block lasts at least this many calls, so call phase does not look like a burst
 # Sensors this slow get windows aligned to their update grid (profiler.measure): each window then loses no
@@ -158,8 +163,9 @@ class Estimator:
     def default_min_window_s(self) -> float:
         if self.method == "robust":
             T = self.update_interval_s
-            return self.lag_s + max(MIN_WINDOW_FLOOR_S, UPDATES_PER_WINDOW["robust"] * T,
-                                    min(NOISE_UPDATES * T, ROBUST_CORE_CAP_S))
+            if T >= ALIGN_MIN_S:  # windows on the update grid: whole updates, none lost to the reach
+                return self.lag_s + max(T, min(NOISE_UPDATES * T, ROBUST_CORE_CAP_S))
+            return self.lag_s + max(ROBUST_CORE_MIN_S, FAST_CORE_UPDATES * T)
         return max(MIN_WINDOW_FLOOR_S, UPDATES_PER_WINDOW[self.method] * self.update_interval_s,
                    min(NOISE_UPDATES * self.update_interval_s, NOISE_WINDOW_CAP_S))
 

@@ -33,7 +33,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy
 import torch
@@ -68,11 +68,22 @@ YIELD_S = 0.00005
 TIMING_MIN_S = 0.01
 LEVEL_K = 5.0  # robust sigmas a window's level may stray from its peers before it counts as a burst
 SIGMA_FLOOR_W = 1e-4  # block noise is never taken as below this (a quantised, noiseless sensor)
-REF_REACH = 4.0  # references farther than this many window lengths away do not say what idle was then
+REF_REACH = 2.0  # references farther than this many reference spacings away do not say what idle was then
+# Layer windows between two references: as many as fit in this (at least one).  Slow drift is followed by a
+# fit through the references; spacing them about a second apart follows a board's thermal drift (tens of
+# seconds) while a fast sensor's short windows spend most of their time on layers, not on references.
+REF_SPACING_S = 1.0
 MIN_KEPT = 3  # an idle window needs this many blocks clear of bursts
 FLOOR_SHARE = 0.01  # tiny layers: CI target relative to this share of the whole model's dynamic energy
-WINDOW_CAP = 4  # a layer gets at most WINDOW_CAP x trials windows (more than trials + WINDOW_CAP_MIN)
+WINDOW_CAP = 4  # a layer gets at most WINDOW_CAP x trials windows (more than trials + WINDOW_CAP_MIN) ...
 WINDOW_CAP_MIN = 8
+WINDOW_CAP_S = 6.0  # ... or as many as last this long, so that short windows do not limit its precision
+# budget_s="auto" (the default): refining ends when the run has lasted AUTO_REFINE x the planned rounds
+# (every layer's least windows), and not before AUTO_MIN_S: a model's profile takes time in proportion to
+# its layers, and windows beyond that go where the CI is widest first.  A number is a hard budget; None: none.
+AUTO = "auto"
+AUTO_REFINE = 1.5
+AUTO_MIN_S = 120.0
 
 
 @dataclass
@@ -82,6 +93,7 @@ class Unit:
     call: LayerCall
     whole_model: bool = False
     calls: int = 0
+    call_s: float = 0.0  # one call's time, from calibration
 
 
 @dataclass
@@ -98,7 +110,9 @@ class Window:
     covered_s: float = 0.0
     phase: str = ""  # "reference" for idle windows
     resolved: bool = False
-    dropped: bool = False  # sensor gap or late read: not used
+    dropped: bool = False  # sensor gap, late read or overrun: not used
+    aligned: bool = False  # t0 and t1 are update instants of the sensor's grid
+    overran: bool = False  # grid-aligned: the last call ran past the window's last update (energy lost)
     longest_read_gap_s: float = 0.0
     unattributed_s: float = 0.0  # time inside the window that is not the layer's (see typical_busy_s)
     call_times: Optional[List[float]] = None  # each call's own time (CPU), until _flush reads it
@@ -144,7 +158,8 @@ class Schedule:
         self.push = push
         self.progress = progress
         self.target_ci = target_ci
-        self.budget_s = budget_s
+        self.auto_budget = budget_s == AUTO
+        self.budget_s = None if self.auto_budget else budget_s
         self.rng = random.Random(seed)
         self.windows: List[Window] = []
         self.samples: List[RawSample] = []
@@ -153,15 +168,20 @@ class Schedule:
         self.budget_hit = False
         self._step = StepFunction()
         self._done = 0
-        # one stable total: the planned rounds (a reference after every layer window, one before all)
-        self._total = 2 * trials * len(units) + 1
         self._since = time.monotonic()
         self._measuring_since = self._since
         self._cap = max(WINDOW_CAP * trials, trials + WINDOW_CAP_MIN)
         T = estimator.update_interval_s
-        # slow sensors: windows end just after an update boundary and the next one starts there (no lag lost)
+        # slow sensors: windows lie on the sensor's update grid, one after the other (no lag lost)
         self._grid = UpdateGrid(T) if estimator.method == "robust" and T >= ALIGN_MIN_S else None
         self._align_updates = max(1, int(round((min_window_s - estimator.lag_s) / T)))
+        self.window_s = self._align_updates * T if self._grid is not None else min_window_s
+        self.refs_every = max(1, int(REF_SPACING_S / self.window_s) - 1)
+        self._cap = max(self._cap, int(math.ceil(WINDOW_CAP_S / self.window_s)))
+        # one stable total: the planned rounds (a reference after every refs_every layer windows, one before all)
+        self._total = trials * (len(units) + self._references(len(units))) + 1
+        self._last_end = -math.inf  # where the last window ended (grid-aligned windows)
+        self._work_end = -math.inf  # when the last window's last call returned
 
     # -- helpers ---------------------------------------------------------
     def _sync(self) -> None:
@@ -184,15 +204,34 @@ class Schedule:
         if self._grid is not None:
             self._grid.feed(pairs)
 
-    def _aligned_end(self, t0: float) -> Optional[float]:
-        """Where a window started at ``t0`` ends: just after its last whole update (None: grid unknown)."""
+    def _references(self, windows: int) -> int:
+        """References that follow ``windows`` layer windows in a round (one after each refs_every)."""
+        return -(-windows // self.refs_every)
+
+    def _aligned_span(self, updates: int) -> Optional[Tuple[float, float]]:
+        """(t0, t1) on the sensor's update grid for the next window of ``updates`` periods (None: grid unknown).
+
+        The window starts on the boundary where the last one ended, unless the
+        last call ran into that period or this one starts more than a quarter
+        period late; work runs within [t0 + slack, t1 - slack], so each of its
+        updates averages this window alone and a change of window costs nothing.
+        """
         grid = self._grid
         if grid is None:
             return None
         self._pull()
         if not grid.known:
             return None
-        return grid.first_period(t0) + self._align_updates * grid.period_s + grid.slack_s
+        T = grid.period_s
+        now = time.monotonic()
+        t0 = grid.next_update(max(self._work_end + grid.slack_s, now - T / 4, self._last_end - T / 2))
+        return t0, t0 + updates * T
+
+    def _updates_for(self, unit: Unit) -> int:
+        """Whole updates a grid-aligned window of this unit spans: enough for one call and the grid's slack."""
+        T = self.estimator.update_interval_s
+        slack = self._grid.slack_s if self._grid is not None and self._grid.known else 0.0
+        return max(self._align_updates, int(math.ceil((1.5 * unit.call_s + 2 * slack) / T)))
 
     def _check_time(self) -> None:
         if self.budget_s is not None and time.monotonic() - self._since >= self.budget_s:
@@ -231,14 +270,16 @@ class Schedule:
             count += batch
             batch *= 2
             elapsed = time.monotonic() - start
-        unit.calls = max(1, math.ceil(self.min_window_s / (elapsed / count)))
+        unit.call_s = elapsed / count
+        unit.calls = max(1, math.ceil(self.min_window_s / unit.call_s))
 
     def _reference(self, trial: int, remaining: Optional[int] = None) -> None:
         self._guard()
-        t0 = time.monotonic()
-        t1 = self._aligned_end(t0) or t0 + self.min_window_s
+        span = self._aligned_span(self._align_updates)
+        t0, t1 = span or (time.monotonic(), time.monotonic() + self.min_window_s)
         time.sleep(max(0.0, t1 - time.monotonic()))
-        self.windows.append(Window("idle", None, trial, t0, t1, "idle", phase="reference"))
+        self._last_end = t1
+        self.windows.append(Window("idle", None, trial, t0, t1, "idle", phase="reference", aligned=span is not None))
         self._tick("round %d/%d idle reference" % (trial + 1, self.trials) if remaining is None else
                    "refining, idle reference", remaining)
 
@@ -246,34 +287,48 @@ class Schedule:
         unit = self.units[position]
         call, calls = unit.call, unit.calls
         self._guard()
-        end = self._aligned_end(time.monotonic())
         if not unit.whole_model:
             self.push.layer(call.index, call.label, call.op, "begin")
+        span = self._aligned_span(self._updates_for(unit))
+        slack = self._grid.slack_s if span is not None else 0.0
         every = max(self.meter.sample_period_s / 2, 0.0005) if self.meter.in_process else math.inf
         times: List[float] = []
         self._sync()
-        t0 = time.monotonic()
-        next_yield = t0 + every
+        if span is not None:
+            time.sleep(max(0.0, span[0] + slack - time.monotonic()))
+        t0 = time.monotonic() if span is None else span[0]
+        stop = None if span is None else span[1] - slack
+        first = time.monotonic()
+        next_yield = first + every
         while True:
             start = time.monotonic()
             call()
             now = time.monotonic()
             times.append(now - start)
-            if (len(times) >= calls) if end is None else (now >= end):
-                break
+            if stop is None:
+                if len(times) >= calls:
+                    break
+            elif max(now + max(unit.call_s, times[-1]) if self.device.type == "cpu" else now,
+                     first + (len(times) + 1) * unit.call_s) > stop:
+                break  # the next call would end past the window's last update (on a GPU: queued work)
             if now >= next_yield:
                 time.sleep(YIELD_S)
                 next_yield = time.monotonic() + every
         calls = len(times)
         self._sync()
-        t1 = time.monotonic()
+        self._work_end = time.monotonic()
+        t1 = self._work_end if span is None else span[1]
+        if span is not None:
+            self._last_end = t1
+            time.sleep(max(0.0, t1 - time.monotonic()))
         if not unit.whole_model:
             self.push.layer(call.index, call.label, call.op, "end")
         kind = "whole" if unit.whole_model else "layer"
         # On a GPU a call's time is its launch, and the queued work runs on through the pauses: the whole
         # window is the layer's.
         self.windows.append(Window(kind, position, trial, t0, t1, call.label, calls,
-                                   call_times=times if self.device.type == "cpu" else None))
+                                   call_times=times if self.device.type == "cpu" else None,
+                                   aligned=span is not None, overran=self._work_end > t1 + slack))
         text = "round %d/%d %s" % (trial + 1, self.trials, call.label) if remaining is None else \
             "refining %s" % call.label
         self._tick(text, remaining)
@@ -282,6 +337,9 @@ class Schedule:
         """Read every pending window's energy (after a guard) and the new raw samples, then judge them all."""
         if wait:
             self._gap()
+            if self._grid is not None and self._grid.known:  # the last update's value must have been read
+                time.sleep(max(0.0, self._last_end + self._grid.slack_s + 2 * self.meter.sample_period_s
+                               - time.monotonic()))
         self._pull()
         times = self._step.times
         est = self.estimator
@@ -298,14 +356,23 @@ class Schedule:
                 window.covered_s = (b - a) if 0 < first and last < len(times) else 0.0  # reads close it
                 window.samples = bisect.bisect_left(times, window.t1) - bisect.bisect_right(times, window.t0)
                 grid = self._grid
-                values = []
-                if grid is not None and grid.known:
-                    values = update_values(times, self._step.watts, grid.updates_within(window.t0, window.t1),
-                                           grid.period_s, grid.slack_s)
+                T = est.update_interval_s
+                if window.aligned:  # every update of the window is its own (the grid may be lost since)
+                    a, b = window.t0, window.t1
+                    updates = [a + k * T for k in range(1, int(round((b - a) / T)) + 1)]
+                    window.blocks = update_values(times, self._step.watts, updates, T, grid.slack_s) \
+                        if grid.known else []
+                    window.covered_s = (b - a) * len(window.blocks) / len(updates)
+                    values = window.blocks
+                elif grid is not None and grid.known:
+                    values = update_values(times, self._step.watts, grid.updates_within(window.t0, window.t1), T,
+                                           grid.slack_s)
                     window.covered_s = (b - a) if values else 0.0
+                else:
+                    values = []
                 if values:
                     window.blocks = values  # one block per whole update inside the window
-                else:
+                elif not window.aligned:
                     call_s = (window.t1 - window.t0) / window.calls if window.calls else 0.0
                     start, n = core_blocks(a, b, est.update_interval_s, call_s)
                     window.blocks = self._step.block_means(start, b, n)
@@ -317,7 +384,7 @@ class Schedule:
             window.longest_read_gap_s = max((q - p for p, q in zip(inside, inside[1:])), default=0.0)
             # a late read only upsets the integrating estimators' exact edges; robust levels are means of
             # held values, and dropping the windows of a starved sampler would select the calm windows
-            window.dropped = window.covered_s < COVERAGE_MIN * (b - a) or (
+            window.dropped = window.overran or window.covered_s < COVERAGE_MIN * (b - a) or (
                 est.method != "robust" and window.longest_read_gap_s > late)
         self.judge()
 
@@ -361,7 +428,7 @@ class Schedule:
         for w in resolved:
             if w.kind == "idle":
                 continue
-            w.baseline_w = _baseline(refs, centres, w.centre, REF_REACH * (w.t1 - w.t0))
+            w.baseline_w = _baseline(refs, centres, w.centre, REF_REACH * (self.refs_every + 1) * (w.t1 - w.t0))
             if not math.isfinite(w.baseline_w):
                 w.dirty = "no reference"
         for position in range(len(self.units)):
@@ -412,7 +479,7 @@ class Schedule:
 
     # -- adaptive stopping -------------------------------------------------
     def wanting(self) -> Dict[int, int]:
-        """Units that need more windows -> a guess of how many (for the ETA)."""
+        """Units that need more windows -> a guess of how many (for the ETA), the neediest first."""
         whole = [p for p, u in enumerate(self.units) if u.whole_model]
         floor = 0.0
         if whole:
@@ -422,19 +489,20 @@ class Schedule:
         for w in self.windows:
             if w.unit is not None:
                 taken[w.unit] += 1
-        want = {}
+        want, need = {}, {}
         for position in range(len(self.units)):
             if taken[position] >= self._cap:
                 continue
             mean, half, n = self.per_call_dynamic(position)
             if n < self.trials or half is None:
-                want[position] = max(1, self.trials - n)
+                want[position], need[position] = max(1, self.trials - n), math.inf
                 continue
             goal = self.target_ci * max(abs(mean), floor)
             if half > goal:
                 more = n * ((half / goal) ** 2 - 1) if goal > 0 else self._cap
                 want[position] = max(1, min(int(math.ceil(more)), self._cap - taken[position]))
-        return want
+                need[position] = half / goal if goal > 0 else math.inf
+        return {p: want[p] for p in sorted(want, key=lambda p: -need[p])}
 
     def run(self) -> None:
         try:
@@ -445,11 +513,14 @@ class Schedule:
             for trial in range(self.trials):
                 order = list(range(len(self.units)))
                 self.rng.shuffle(order)
-                for position in order:
+                for n, position in enumerate(order, 1):
                     self._check_time()
                     self._measure(position, trial)
-                    self._reference(trial)
+                    if n % self.refs_every == 0 or n == len(order):
+                        self._reference(trial)
                 self._flush()
+            if self.auto_budget:
+                self.budget_s = max(AUTO_MIN_S, AUTO_REFINE * (time.monotonic() - self._since))
             self._refine()
             self.complete = True
         except _OutOfTime:
@@ -471,15 +542,16 @@ class Schedule:
             want = self.wanting()
             if not want:
                 return
-            order = list(want)
-            self.rng.shuffle(order)
-            remaining = 2 * sum(want.values())
-            for position in order:
+            order = list(want)  # the neediest first: a budget that ends the round leaves the others
+            wanted = sum(want.values())
+            remaining = wanted + self._references(wanted)
+            for n, position in enumerate(order, 1):
                 self._check_time()
+                remaining -= 1
                 self._measure(position, trial, remaining)
-                remaining -= 1
-                self._reference(trial, remaining)
-                remaining -= 1
+                if n % self.refs_every == 0 or n == len(order):
+                    remaining -= 1
+                    self._reference(trial, remaining)
             self._flush()
             trial += 1
 

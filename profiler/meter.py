@@ -25,8 +25,12 @@ UNKNOWN_INTERVAL_HZ = 200.0
 # The Sampler never polls faster than the source's update_interval_s.  A held value read at exactly the
 # update rate misses an update whenever read jitter straddles one, and each miss charges up to one
 # update period to the wrong side of a window edge -- the very error the settled estimator removes.
-# So the sampler is shown a source that updates OVERSAMPLE times faster than the real one.
+# So the sampler is shown a source that updates OVERSAMPLE times faster than the real one -- and, for a slow
+# sensor, at least every GRID_READ_S: the reads where the value changed bound the sensor's update instants
+# (profiler.estimate.UpdateGrid) only as closely as reads follow each other, and windows on that grid lose
+# twice that uncertainty (a 1 s sensor read 3 times a second: a third of every window).
 OVERSAMPLE = 3
+GRID_READ_S = 0.005
 READY_TIMEOUT_S = 5.0
 HTTP_TIMEOUT_S = 5.0
 
@@ -48,7 +52,8 @@ class WindowReading(NamedTuple):
 
 
 class PolledSource(PowerSource):
-    """What the profiler's own sampler reads: the real source, advertised as updating OVERSAMPLE x faster.
+    """What the profiler's own sampler reads: the real source, advertised as updating OVERSAMPLE x faster
+    (and at least every GRID_READ_S).
 
     Also lets any object with ``read() -> Reading`` feed the sampler.
     ``owned``: close the wrapped source with the sampler (True when the
@@ -63,7 +68,8 @@ class PolledSource(PowerSource):
         self.simulated = bool(getattr(obj, "simulated", False))
         interval = getattr(obj, "update_interval_s", None)
         self.sensor_interval_s = float(interval) if interval else None
-        self.update_interval_s = self.sensor_interval_s / OVERSAMPLE if self.sensor_interval_s else None
+        self.update_interval_s = (min(self.sensor_interval_s / OVERSAMPLE, GRID_READ_S)
+                                  if self.sensor_interval_s else None)
 
     def read(self):
         return self._obj.read()
