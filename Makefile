@@ -55,7 +55,7 @@ demo: $(STAMP)
 	done; \
 	echo "exporter: http://127.0.0.1:$(PORT)/  (metrics at /metrics)"; \
 	if $(PY) -c 'import torch' 2>/dev/null; then \
-		$(PY) -m profiler --model vgg11 --exporter http://127.0.0.1:$(PORT) --out results --budget-s 150; \
+		$(PY) -m profiler --model vgg11 --exporter http://127.0.0.1:$(PORT) --out results; \
 	else \
 		sh deploy/jetson.sh torch $(PY); \
 	fi; \

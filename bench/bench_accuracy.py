@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.original_method import profile_original  # noqa: E402
-from profiler.cli import _budget  # noqa: E402
+from profiler.cli import parse_budget  # noqa: E402
 from tests.support.groundtruth import DEFAULT_LAYERS, IDLE_W, GroundTruthSensor, Timeline, build_model, busy_background  # noqa: E402
 
 # (median, worst) relative dynamic error targets per board and update period; None: no target
@@ -212,7 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     parser.add_argument("--trials", type=int, default=5, help="profiler: least windows per layer")
     parser.add_argument("--target-ci", type=float, default=0.02, help="profiler: relative CI target")
-    parser.add_argument("--budget-s", type=_budget, default="auto",
+    parser.add_argument("--budget-s", default="auto",
                         help="profiler: time budget per run (seconds, auto or none; default auto, the profiler's)")
     parser.add_argument("--min-window-s", type=float, default=None, help="profiler window length (default: its own)")
     parser.add_argument("--estimator", default="robust", help="profiler window estimator (profiler.ESTIMATORS)")
@@ -225,6 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print every layer's estimate and truth")
     parser.add_argument("--json", metavar="FILE", help="also write every run, layer by layer, as JSON")
     args = parser.parse_args(argv)
+    args.budget_s = parse_budget(args.budget_s)
     periods = [float(p) for p in args.periods.split(",") if p.strip()]
     boards = [b.strip() for b in args.boards.split(",") if b.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import profiler  # noqa: E402
-from profiler.cli import _budget  # noqa: E402
+from profiler.cli import parse_budget  # noqa: E402
 from profiler.models import load_model  # noqa: E402
 
 
@@ -67,9 +67,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="mobilenet_v3_small:0.0066,vgg11:1",
                         help="comma-separated MODEL:SENSOR_PERIOD_S")
-    parser.add_argument("--budget-s", type=_budget, default="auto", help="seconds, auto or none (default auto)")
+    parser.add_argument("--budget-s", default="auto", help="seconds, auto or none (default auto)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    args.budget_s = parse_budget(args.budget_s)
     torch.set_num_threads(1)
     for item in args.runs.split(","):
         name, _, period = item.partition(":")

@@ -16,13 +16,15 @@ import os
 import signal
 import sys
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Union
 
 PROG = "jetson-power-profile"
 
 
-def _budget(text: str):
-    """--budget-s: seconds, ``auto`` or ``none``."""
+def parse_budget(text: str) -> Union[float, str, None]:
+    """--budget-s: seconds, ``auto`` or ``none`` (no limit)."""
+    from .errors import ProfilerError
+
     word = text.strip().lower()
     if word in ("auto", "none"):
         return None if word == "none" else word
@@ -31,7 +33,7 @@ def _budget(text: str):
     except ValueError:
         seconds = float("nan")
     if not (seconds > 0 and math.isfinite(seconds)):
-        raise argparse.ArgumentTypeError("give a positive number of seconds, auto or none, not %r" % text)
+        raise ProfilerError("--budget-s must be a positive number of seconds, auto or none, not %r" % text)
     return seconds
 
 
@@ -71,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-ci", type=float, default=0.02,
                    help="add windows until each layer's 95 %% CI of dynamic energy is within this fraction "
                         "(tiny layers: of 1 %% of the whole model's; default 0.02)")
-    p.add_argument("--budget-s", type=_budget, default="auto",
+    p.add_argument("--budget-s", default="auto",
                    help="stop adding windows after this many seconds; auto (default): when the run has lasted "
-                        "1.5x its planned rounds, and not before 120 s; none: only the targets and the window "
+                        "1.5x its planned rounds, and not before 100 s; none: only the targets and the window "
                         "cap end it")
     p.add_argument("--estimator", choices=("robust", "settled", "shifted", "window"), default="robust",
                    help="window energy estimator (default robust; see profiler/estimate.py)")
@@ -176,6 +178,7 @@ def _run(args) -> int:
         raise ProfilerError("--target-ci must be a positive fraction (0.02 is +/-2 %)")
     if args.insitu_s is not None and not args.insitu_s > 0:
         raise ProfilerError("--insitu-s must be positive")
+    args.budget_s = parse_budget(args.budget_s)
     sweep = args.power_modes is not None or args.jetson_clocks is not None
     if args.restore:
         from .powermodes import DEFAULT_STATE_FILE, restore_board

@@ -17,7 +17,7 @@ from .client import DaemonClient
 from .errors import ProfilerError, one_line
 from .estimate import ESTIMATORS, Estimator
 from .insitu import METHODS, InSitu, build_insitu_result, compare, default_duration_s
-from .measure import AUTO, Schedule, Unit
+from .measure import AUTO, WINDOW_CAP_S, Schedule, Unit
 from .meter import open_meter
 from .models import safe_name
 from .push import LivePush
@@ -66,8 +66,9 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     ``trials``: windows per layer at least; layers whose 95 % CI of dynamic
     energy is wider than ``target_ci`` (relative; tiny layers: of 1 % of the
     whole model's) get more, the widest first, until ``budget_s`` seconds
-    have passed (``"auto"``: 1.5 x the planned rounds' time, at least 120 s;
-    None: no limit) or a layer has its cap of windows (4 x trials, or 6 s).
+    have passed (``"auto"``: 1.5 x the planned rounds' time, at least 100 s;
+    None: no limit) or a layer has its cap of windows (4 x trials; default windows: or 6 s of
+    them).
     ``method``: ``isolate`` (replay each layer alone), ``in-situ`` (run the
     whole model, solve for each layer; see :mod:`profiler.insitu`) or
     ``both`` (the in-situ result, with ``comparison`` holding both side by
@@ -131,6 +132,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     try:
         est = Estimator(estimator, meter.update_interval_s, meter.sample_period_s)
         window_s = float(min_window_s) if min_window_s is not None else est.default_min_window_s()
+        cap_s = WINDOW_CAP_S if min_window_s is None else 0.0  # windows a user sized are capped in number only
         if window_s < est.shortest_window_s():
             warn("min_window_s %.3g s leaves no measurable core after the sensor's reach: using %.3g s"
                  % (window_s, est.shortest_window_s()))
@@ -141,7 +143,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
         schedule = insitu = sizing = None
         if method != "in-situ":
             schedule = Schedule(units, meter, est, trials, window_s, device, push, progress, seed,
-                                target_ci=float(target_ci), budget_s=budget_s)
+                                target_ci=float(target_ci), budget_s=budget_s, cap_s=cap_s)
             with torch.no_grad():
                 schedule.run()
         if method != "isolate" and (schedule is None or schedule.complete):
@@ -151,7 +153,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
                 insitu.run()
         if sweep and (insitu or schedule).complete:
             sizing = Schedule(sweep, meter, est, trials, window_s, device, push, progress, seed,
-                              target_ci=float(target_ci), budget_s=budget_s)
+                              target_ci=float(target_ci), budget_s=budget_s, cap_s=cap_s)
             with torch.no_grad():
                 sizing.run()
     finally:
@@ -211,6 +213,8 @@ def _meta(name: str, meter: Any, est: Estimator, window_s: float, trials: int, g
         "sample_period_s": est.sample_period_s,
         "estimator": est.method,
         "min_window_s": window_s,
+        "window_s": getattr(schedule, "window_s", None),
+        "layer_windows_per_reference": getattr(schedule, "refs_every", None),
         "cooldown_s": est.cooldown_s,
         "trials": trials,
         "granularity": granularity,

@@ -63,14 +63,17 @@ Four estimators of the energy spent in [t0, t1] follow from that:
     measurement loop yields to it (see profiler.meter and profiler.measure);
     windows with a read later than about one update are measured again.
 
-Window length defaults to ``UPDATES_PER_WINDOW[method] x T`` but never below
-``MIN_WINDOW_FLOOR_S``, and for slower sensors at least ``NOISE_UPDATES``
-updates (capped at ``NOISE_WINDOW_CAP_S``): sensor noise, not edges, then sets
-the length.  A 6.6 ms INA3221 gives 0.3 s windows, 100 ms gives 2 s (with 5
-updates, 1 % + 10 mW noise left a 1.4 % median error on dynamic energy in
-bench/bench_accuracy.py; 20 updates brought it to 0.14-0.35 %), the 1 s
-jetson-stats default gives 5 s.  The idle baseline is measured with windows of the same length
-through the same estimator, so both see the same sensor.
+For the integrating estimators the window length defaults to
+``UPDATES_PER_WINDOW[method] x T`` but never below ``MIN_WINDOW_FLOOR_S``, and
+for slower sensors at least ``NOISE_UPDATES`` updates (capped at
+``NOISE_WINDOW_CAP_S``): sensor noise, not edges, then sets the length.
+``robust`` windows are the reach plus a short core (FAST_CORE_UPDATES updates,
+at least ROBUST_CORE_MIN_S: 69 ms at 6.6 ms) on a fast sensor, and whole
+update periods (up to ROBUST_CORE_CAP_S: 10 at 100 ms, 1 at 1 s) on a slow
+one; windows are repeated until the CI target is met, so noise is averaged
+over windows rather than inside one.  The idle baseline is measured with
+windows of the same length through the same estimator, so both see the same
+sensor.
 """
 
 import bisect

@@ -2,12 +2,15 @@
 
 Design (issue 10: a busy board -- drifting idle, background bursts of no layer):
 
-* Every layer window sits between two idle *reference* windows (R W R W R ...,
-  each reference shared by its neighbours) in a freshly shuffled order every
-  round.  A window's idle baseline is a local fit through the nearest clean
-  references in time (quadratic through two on each side, else linear), so
-  slow drift cancels instead of being charged to whichever layer ran when
-  the board was warmer.
+* Layer windows sit between idle *reference* windows about REF_SPACING_S
+  apart (R W W W ... R, shared by their neighbours) in a freshly shuffled
+  order every round.  A window's idle baseline is a local fit through the
+  nearest clean references in time (quadratic through two on each side,
+  else linear), so slow drift cancels instead of being charged to whichever
+  layer ran when the board was warmer.
+* A slow sensor's windows lie on its update grid: whole update periods, the
+  calls inside them only, the next window from the boundary where the last
+  ended -- no update is lost to the sensor's reach or to a change of window.
 * With the default ``robust`` estimator a window's level leaves out blocks
   that stand out from the rest of the window by more than the sensor's own
   block noise (see :func:`profiler.estimate.robust_level`); a window left
@@ -18,8 +21,9 @@ Design (issue 10: a busy board -- drifting idle, background bursts of no layer):
 * Adaptive stopping: after ``trials`` rounds, layers whose 95 % CI of dynamic
   energy is wider than ``target_ci`` (relative, with a floor of
   ``target_ci`` x FLOOR_SHARE of the whole model's dynamic energy for tiny
-  layers) or with fewer than ``trials`` clean windows get more windows, round
-  after round, until they reach it, the window cap, or ``budget_s``.
+  layers) or with fewer than ``trials`` clean windows get more windows, the
+  widest first, round after round, until they reach it, the window cap, or
+  ``budget_s`` (AUTO: in proportion to the planned rounds).
 
 Nothing but the loop (or sleep) runs inside a window: window energies are
 read from the meter in batches after each round.  The only exception is the
@@ -33,7 +37,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy
 import torch
@@ -77,13 +81,13 @@ MIN_KEPT = 3  # an idle window needs this many blocks clear of bursts
 FLOOR_SHARE = 0.01  # tiny layers: CI target relative to this share of the whole model's dynamic energy
 WINDOW_CAP = 4  # a layer gets at most WINDOW_CAP x trials windows (more than trials + WINDOW_CAP_MIN) ...
 WINDOW_CAP_MIN = 8
-WINDOW_CAP_S = 6.0  # ... or as many as last this long, so that short windows do not limit its precision
+WINDOW_CAP_S = 6.0  # ... or, with the default (short) windows, as many as last this long
 # budget_s="auto" (the default): refining ends when the run has lasted AUTO_REFINE x the planned rounds
 # (every layer's least windows), and not before AUTO_MIN_S: a model's profile takes time in proportion to
 # its layers, and windows beyond that go where the CI is widest first.  A number is a hard budget; None: none.
 AUTO = "auto"
 AUTO_REFINE = 1.5
-AUTO_MIN_S = 120.0
+AUTO_MIN_S = 100.0
 
 
 @dataclass
@@ -148,7 +152,8 @@ class Schedule:
 
     def __init__(self, units: List[Unit], meter: Any, estimator: Estimator, trials: int,
                  min_window_s: float, device: torch.device, push: Any, progress: Optional[Progress],
-                 seed: Optional[int] = None, target_ci: float = 0.02, budget_s: Optional[float] = None):
+                 seed: Optional[int] = None, target_ci: float = 0.02, budget_s: Union[float, str, None] = None,
+                 cap_s: float = 0.0):
         self.units = units
         self.meter = meter
         self.estimator = estimator
@@ -177,7 +182,7 @@ class Schedule:
         self._align_updates = max(1, int(round((min_window_s - estimator.lag_s) / T)))
         self.window_s = self._align_updates * T if self._grid is not None else min_window_s
         self.refs_every = max(1, int(REF_SPACING_S / self.window_s) - 1)
-        self._cap = max(self._cap, int(math.ceil(WINDOW_CAP_S / self.window_s)))
+        self._cap = max(self._cap, int(math.ceil(cap_s / self.window_s)))
         # one stable total: the planned rounds (a reference after every refs_every layer windows, one before all)
         self._total = trials * (len(units) + self._references(len(units))) + 1
         self._last_end = -math.inf  # where the last window ended (grid-aligned windows)

@@ -90,7 +90,7 @@ def test_vgg11_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["unknown model", "rejected shape", "missing weights", "garbage weights",
-                                  "unwritable out"])
+                                  "unwritable out", "bad budget"])
 def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, case):
     out = str(tmp_path / "out")
     garbage = tmp_path / "garbage.pth"
@@ -103,6 +103,7 @@ def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, case):
         "missing weights": ["--model", "vgg11", "--weights", str(tmp_path / "absent.pth")],
         "garbage weights": ["--model", "vgg11", "--weights", str(garbage)],
         "unwritable out": ["--model", "vgg11", "--weights", "none"],
+        "bad budget": ["--model", "vgg11", "--weights", "none", "--budget-s", "soon"],
     }[case]
     if case == "unwritable out":
         out = str(blocker / "results")

@@ -155,6 +155,13 @@ class Timeline:
                 joules += self._open[2] * (t - self._open[1])
             return joules
 
+    def intervals(self, a: float, b: float) -> List[Tuple[float, float]]:
+        """The closed activity intervals that overlap [a, b]."""
+        with self._lock:
+            first = bisect.bisect_right(self._ends, a)
+            last = bisect.bisect_left(self._starts, b)
+            return list(zip(self._starts[first:last], self._ends[first:last]))
+
     def truth(self, key: str, idle_w: float) -> Truth:
         with self._lock:
             calls, active_s, extra = self._stats.get(key, (0, 0.0, 0.0))
