@@ -211,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--periods", default="0.0066,0.1,1", help="sensor update periods in seconds, comma-separated")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     parser.add_argument("--trials", type=int, default=5, help="profiler: least windows per layer")
-    parser.add_argument("--target-ci", type=float, default=0.02, help="profiler: relative CI target")
+    parser.add_argument("--target-ci", type=float, default=0.01, help="profiler: relative CI target (the profiler's)")
     parser.add_argument("--budget-s", default="auto",
                         help="profiler: time budget per run (seconds, auto or none; default auto, the profiler's)")
     parser.add_argument("--min-window-s", type=float, default=None, help="profiler window length (default: its own)")

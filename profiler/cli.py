@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shortest measurement window (default from the sensor's update interval)")
     p.add_argument("--trials", type=int, default=5,
                    help="least windows per layer, in shuffled rounds between idle reference windows (default 5)")
-    p.add_argument("--target-ci", type=float, default=0.02,
+    p.add_argument("--target-ci", type=float, default=0.01,
                    help="add windows until each layer's 95 %% CI of dynamic energy is within this fraction "
-                        "(tiny layers: of 1 %% of the whole model's; default 0.02)")
+                        "(tiny layers: of 1 %% of the whole model's; default 0.01)")
     p.add_argument("--budget-s", default="auto",
                    help="stop adding windows after this many seconds; auto (default): when the run has lasted "
                         "1.5x its planned rounds, and not before 100 s; none: only the targets and the window "

@@ -44,7 +44,7 @@ def _first_tensor(value: Any) -> Optional[torch.Tensor]:
 def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_url: Optional[str] = None,
             token_file: Optional[str] = None, cacert: Optional[str] = None, cert: Optional[str] = None,
             key: Optional[str] = None, min_window_s: Optional[float] = None, trials: int = 5, granularity: str = "leaf",
-            estimator: str = "robust", target_ci: float = 0.02, budget_s: Union[float, str, None] = AUTO,
+            estimator: str = "robust", target_ci: float = 0.01, budget_s: Union[float, str, None] = AUTO,
             model_name: Optional[str] = None, seed: Optional[int] = None,
             progress: Optional[Callable[[int, int, str], None]] = None,
             warn: Callable[[str], None] = _stderr, source_options: Optional[Dict[str, Any]] = None,

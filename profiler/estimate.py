@@ -69,7 +69,7 @@ for slower sensors at least ``NOISE_UPDATES`` updates (capped at
 ``NOISE_WINDOW_CAP_S``): sensor noise, not edges, then sets the length.
 ``robust`` windows are the reach plus a short core (FAST_CORE_UPDATES updates,
 at least ROBUST_CORE_MIN_S: 69 ms at 6.6 ms) on a fast sensor, and whole
-update periods (up to ROBUST_CORE_CAP_S: 10 at 100 ms, 1 at 1 s) on a slow
+update periods (up to SLOW_CORE_CAP_S: 5 at 100 ms, 1 at 1 s) on a slow
 one; windows are repeated until the CI target is met, so noise is averaged
 over windows rather than inside one.  The idle baseline is measured with
 windows of the same length through the same estimator, so both see the same
@@ -87,9 +87,9 @@ UPDATES_PER_WINDOW = {"robust": 2, "settled": 5, "shifted": 10, "window": 50}
 MIN_WINDOW_FLOOR_S = 0.3
 NOISE_UPDATES = 20  # sensor updates per window that average the monitor's noise down
 NOISE_WINDOW_CAP_S = 2.0  # ...unless that would make windows longer than this
-# robust: a shorter core, since references are interleaved and windows are added until the CI is reached;
-# short windows also lose less to a background burst (see profiler.measure).
-ROBUST_CORE_CAP_S = 1.0
+# On a slow sensor's grid a change of window costs nothing, so its windows are short (at most this, and one
+# update): references then come often enough to follow drift, and a burst covers a window whole or not at all.
+SLOW_CORE_CAP_S = 0.5
 # A fast sensor's core: FAST_CORE_UPDATES updates and at least ROBUST_CORE_MIN_S.  Short windows cost only
 # the sensor's reach each; adaptive stopping adds windows where noise needs them, and references
 # interleaved every profiler.measure.REF_SPACING_S follow drift whatever the window length.
@@ -167,7 +167,7 @@ class Estimator:
         if self.method == "robust":
             T = self.update_interval_s
             if T >= ALIGN_MIN_S:  # windows on the update grid: whole updates, none lost to the reach
-                return self.lag_s + max(T, min(NOISE_UPDATES * T, ROBUST_CORE_CAP_S))
+                return self.lag_s + max(T, min(NOISE_UPDATES * T, SLOW_CORE_CAP_S))
             return self.lag_s + max(ROBUST_CORE_MIN_S, FAST_CORE_UPDATES * T)
         return max(MIN_WINDOW_FLOOR_S, UPDATES_PER_WINDOW[self.method] * self.update_interval_s,
                    min(NOISE_UPDATES * self.update_interval_s, NOISE_WINDOW_CAP_S))

@@ -152,7 +152,7 @@ class Schedule:
 
     def __init__(self, units: List[Unit], meter: Any, estimator: Estimator, trials: int,
                  min_window_s: float, device: torch.device, push: Any, progress: Optional[Progress],
-                 seed: Optional[int] = None, target_ci: float = 0.02, budget_s: Union[float, str, None] = None,
+                 seed: Optional[int] = None, target_ci: float = 0.01, budget_s: Union[float, str, None] = None,
                  cap_s: float = 0.0):
         self.units = units
         self.meter = meter
@@ -311,7 +311,9 @@ class Schedule:
             now = time.monotonic()
             times.append(now - start)
             if stop is None:
-                if len(times) >= calls:
+                # a CPU window lasts its length whatever the loop's own overhead; a GPU's counts calls, each
+                # timed with a sync at calibration, as launches run ahead of the work
+                if (now - first >= self.min_window_s) if self.device.type == "cpu" else len(times) >= calls:
                     break
             elif max(now + max(unit.call_s, times[-1]) if self.device.type == "cpu" else now,
                      first + (len(times) + 1) * unit.call_s) > stop:
