@@ -182,6 +182,14 @@ class Schedule:
         self._align_updates = max(1, int(round((min_window_s - estimator.lag_s) / T)))
         self.window_s = self._align_updates * T if self._grid is not None else min_window_s
         self.refs_every = max(1, int(REF_SPACING_S / self.window_s) - 1)
+        # A reference serves the refs_every windows around it: its noise is in all their baselines, so it is
+        # sqrt(refs_every) x as long (the least total variance for the time it takes).
+        share = math.sqrt(self.refs_every)
+        self._ref_updates = max(1, int(round(self._align_updates * share)))
+        core = max(min_window_s - estimator.lag_s, 0.0) if estimator.method == "robust" else min_window_s
+        self.reference_s = min_window_s + core * (share - 1)
+        ref_s = self._ref_updates * T if self._grid is not None else self.reference_s
+        self._ref_spacing_s = self.refs_every * self.window_s + ref_s
         self._cap = max(self._cap, int(math.ceil(cap_s / self.window_s)))
         # one stable total: the planned rounds (a reference after every refs_every layer windows, one before all)
         self._total = trials * (len(units) + self._references(len(units))) + 1
@@ -280,8 +288,8 @@ class Schedule:
 
     def _reference(self, trial: int, remaining: Optional[int] = None) -> None:
         self._guard()
-        span = self._aligned_span(self._align_updates)
-        t0, t1 = span or (time.monotonic(), time.monotonic() + self.min_window_s)
+        span = self._aligned_span(self._ref_updates)
+        t0, t1 = span or (time.monotonic(), time.monotonic() + self.reference_s)
         time.sleep(max(0.0, t1 - time.monotonic()))
         self._last_end = t1
         self.windows.append(Window("idle", None, trial, t0, t1, "idle", phase="reference", aligned=span is not None))
@@ -435,7 +443,8 @@ class Schedule:
         for w in resolved:
             if w.kind == "idle":
                 continue
-            w.baseline_w = _baseline(refs, centres, w.centre, REF_REACH * (self.refs_every + 1) * (w.t1 - w.t0))
+            reach = REF_REACH * max(self._ref_spacing_s, (self.refs_every + 1) * (w.t1 - w.t0))
+            w.baseline_w = _baseline(refs, centres, w.centre, reach)
             if not math.isfinite(w.baseline_w):
                 w.dirty = "no reference"
         for position in range(len(self.units)):
