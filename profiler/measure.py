@@ -309,9 +309,9 @@ class Schedule:
         self._sync()
         if span is not None:
             time.sleep(max(0.0, span[0] + slack - time.monotonic()))
-        t0 = time.monotonic() if span is None else span[0]
-        stop = None if span is None else span[1] - slack
         first = time.monotonic()
+        t0 = first if span is None else span[0]
+        stop = None if span is None else span[1] - slack
         next_yield = first + every
         while True:
             start = time.monotonic()

@@ -102,7 +102,7 @@ def test_layer_windows_share_references_about_a_second_apart_on_a_fast_sensor():
 def test_the_auto_budget_ends_refining_in_proportion_to_the_planned_rounds(monkeypatch):
     """A target no layer can reach: refinement goes on until 1.5x the planned rounds' time (the floor made
     small here), the widest CI first, then the profile is complete, with the budget it used in its meta."""
-    monkeypatch.setattr(measure, "AUTO_MIN_S", 1.0)
+    monkeypatch.setattr(measure, "AUTO_MIN_S", 3.0)
     torch.set_num_threads(1)
     timeline = Timeline(keep_s=math.inf)
     model = build_model(timeline, [(1.0, 0.001), (0.2, 0.002), (3.0, 0.0005)]).eval()
@@ -111,8 +111,10 @@ def test_the_auto_budget_ends_refining_in_proportion_to_the_planned_rounds(monke
                      progress=lambda *args: None)
     meta = result.meta
     assert meta["budget_auto"] and meta["budget_hit"] and result.complete
-    assert 1.0 <= meta["budget_s"] < meta["wall_s"] + 1.0
-    assert all(layer.trials > 2 for layer in result.layers)  # every layer got more than its planned windows
+    assert 3.0 <= meta["budget_s"] < meta["wall_s"] + 1.0
+    planned = 2 * (len(result.layers) + 1)
+    refined = [w for w in result.windows if w.kind != "idle" and w.trial >= 2]
+    assert len(refined) >= len(result.layers) and planned < sum(1 for w in result.windows if w.kind != "idle")
 
 
 def test_budget_words_and_numbers():
