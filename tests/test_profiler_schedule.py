@@ -39,7 +39,7 @@ def test_a_slow_sensors_windows_lie_on_its_grid_abut_and_hold_their_calls_whole(
     assert len(aligned) >= 0.8 * len(result.windows)  # all but those before the grid was found
     for w in aligned:
         periods = (w.t1 - w.t0) / T_SLOW
-        assert periods >= 3 and periods == pytest.approx(round(periods), abs=1e-6)
+        assert round(periods) >= 3 and periods == pytest.approx(round(periods), abs=1e-6)
         if w.kind == "layer" and w.usable:
             for start, end in timeline.intervals(w.t0, w.t1):
                 assert w.t0 <= start and end <= w.t1, (w, start, end)
