@@ -70,6 +70,8 @@ LATE_READ_SLACK_S = 0.002
 # of its total.  Regular reads matter: see the read-jitter note in profiler.estimate.
 YIELD_S = 0.00005
 TIMING_MIN_S = 0.01
+JUMP_ROUNDS = 3  # robust reweightings of the references' local fit (see _mark_jumps)
+LOWESS_C = 6.0  # ... whose weights fall to 0 at this many robust sigmas (Cleveland's LOWESS)
 LEVEL_K = 5.0  # robust sigmas a window's level may stray from its peers before it counts as a burst
 SIGMA_FLOOR_W = 1e-4  # block noise is never taken as below this (a quantised, noiseless sensor)
 REF_REACH = 2.0  # references farther than this many reference spacings away do not say what idle was then
@@ -618,23 +620,64 @@ def _baseline(refs: List[Window], centres: List[float], t: float, reach_s: float
 
 
 def _mark_jumps(refs: List[Window]) -> None:
-    """Mark references that stray from the running median of their neighbours by > LEVEL_K sigmas.
+    """Mark references that lie > LEVEL_K sigmas above the idle their neighbours give at their time.
 
-    A running median of seven follows a monotone drift exactly and ignores up
-    to three references a burst covered whole; two passes, so that a second
-    burst nearby is seen once the first is out.
+    That idle is a robust local fit (LOWESS-style): quadratic through the
+    reference and up to three each side, with bursts weighted out -- the
+    first weights from a running median's residuals, then from the fit's
+    own (a burst's weight falls to 0, so its fit is its neighbours').  A quadratic follows a drifting idle through
+    its peaks and troughs, where a median or a line cuts the curve (and
+    would mark a trough's references, leaving the layers there a baseline
+    from its rim).  Nothing lowers an idle board's power: only references
+    above the fit are bursts.
     """
-    for _ in range(2):
-        clean = [w for w in refs if not w.dirty]
-        if len(clean) < 4:
-            return
-        levels = [w.level_w for w in clean]
-        res = [levels[i] - statistics.median(levels[max(0, i - 3):i + 4]) for i in range(len(clean))]
-        noise = statistics.median(w.noise_w for w in clean) if clean[0].noise_w else 0.0
-        spread = max(mad_sigma(res), noise, SIGMA_FLOOR_W)
-        for w, r in zip(clean, res):
-            if abs(r) > LEVEL_K * spread:
-                w.dirty = "level jump"
+    clean = [w for w in refs if not w.dirty]
+    if len(clean) < 4:
+        return
+    levels = [w.level_w for w in clean]
+    fitted = [statistics.median(levels[max(0, i - 3):i + 4]) for i in range(len(clean))]
+    for _ in range(JUMP_ROUNDS):
+        residuals = [y - f for y, f in zip(levels, fitted)]
+        scale = LOWESS_C * max(mad_sigma(residuals), SIGMA_FLOOR_W)
+        weights = [max(0.0, 1 - (r / scale) ** 2) ** 2 for r in residuals]
+        fitted = [_local_fit(clean, weights, i) for i in range(len(clean))]
+    residuals = [y - f for y, f in zip(levels, fitted)]
+    noise = statistics.median(w.noise_w for w in clean) if clean[0].noise_w else 0.0
+    spread = max(mad_sigma(residuals), noise, SIGMA_FLOOR_W)
+    for i, (w, r) in enumerate(zip(clean, residuals)):
+        # a clean reference among bursts can be far from a fit that has few others near it: it is a burst
+        # only if it is above the line through the nearest weighted references too
+        if r > LEVEL_K * spread and w.level_w - _flank_line(clean, weights, i) > LEVEL_K * spread * math.sqrt(1.5):
+            w.dirty = "level jump"
+
+
+def _flank_line(refs: List[Window], weights: List[float], i: int) -> float:
+    """Idle at ``refs[i]`` on the line through the nearest weighted reference each side (at an end: the two
+    nearest on the one side); its own level where there are not two."""
+    before = [j for j in range(i - 1, -1, -1) if weights[j] > 0][:2]
+    after = [j for j in range(i + 1, len(refs)) if weights[j] > 0][:2]
+    pair = [before[0], after[0]] if before and after else before or after
+    if len(pair) < 2:
+        return refs[i].level_w
+    a, b = refs[pair[0]], refs[pair[1]]
+    return a.level_w + (b.level_w - a.level_w) * (refs[i].centre - a.centre) / (b.centre - a.centre)
+
+
+def _local_fit(refs: List[Window], weights: List[float], i: int) -> float:
+    """Idle at ``refs[i]`` from it and three references each side, weighted: quadratic with two or more
+    others on each side, else linear with two others, else the nearest other weighted level."""
+    t = refs[i].centre
+    near = [j for j in range(max(0, i - 3), min(len(refs), i + 4)) if weights[j] > 0]
+    before = sum(1 for j in near if j < i)
+    after = sum(1 for j in near if j > i)
+    degree = 2 if min(before, after) >= 2 else 1 if before + after >= 2 else 0
+    if degree == 0:
+        others = [j for j in near if j != i]
+        return refs[min(others, key=lambda j: abs(refs[j].centre - t))].level_w if others else refs[i].level_w
+    x = [refs[j].centre - t for j in near]
+    y = [refs[j].level_w for j in near]
+    root_w = [math.sqrt(weights[j]) for j in near]
+    return float(numpy.polyval(numpy.polyfit(x, y, degree, w=root_w), 0.0))
 
 
 def typical_busy_s(call_times: List[float]) -> float:

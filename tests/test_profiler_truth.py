@@ -1,6 +1,7 @@
 """Isolated measurement on a busy board: robust levels, local idle, honest flags, and CIs that hold the truth."""
 
 import math
+import random
 import statistics
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from profiler import ProfilerError, profile
 from profiler.estimate import BLOCK_K, UpdateGrid, core_blocks, idle_level, robust_level, update_values
-from profiler.measure import Window, _fit
+from profiler.measure import Window, _fit, _mark_jumps
 from profiler.result import plausibility
 from tests.support.groundtruth import LAYERS, GroundTruthSensor, Timeline, binomial_floor, build_model, busy_background
 
@@ -55,6 +56,24 @@ def test_local_idle_follows_a_curving_drift_and_a_slope_at_the_ends():
     assert _fit(refs[2:], 1.75) == pytest.approx((refs[2].level_w + refs[3].level_w) / 2)
     assert _fit(refs[:1], 5.0) == refs[0].level_w
     assert math.isnan(_fit([], 1.0))
+
+
+def test_references_a_burst_covered_are_marked_but_not_those_at_the_drifts_peaks_and_troughs():
+    """The busy board's idle (+/-0.4 W over 17 s) seen by references 0.9 s apart, 8 mW of noise, and 0.8 W
+    bursts over some of them -- two in a row, and at either end.  Every burst is marked; no clean one is,
+    even at a trough, where a running median lies above the curve (marking the trough's references would
+    leave the layers there a baseline from its rim)."""
+    rng = random.Random(3)
+    burst = {0, 9, 10, 23, 31, 40, 41, 42, 55, 63, 79}
+    refs = []
+    for k in range(80):
+        t = 0.9 * k
+        w = reference(t, 3.0 + 0.4 * math.sin(2 * math.pi * t / 17.0) + rng.gauss(0.0, 0.008)
+                      + (0.8 if k in burst else 0.0))
+        w.noise_w = 0.008
+        refs.append(w)
+    _mark_jumps(refs)
+    assert {k for k, w in enumerate(refs) if w.dirty == "level jump"} == burst
 
 
 def test_implausible_figures_are_flagged_with_their_reason():
