@@ -85,11 +85,14 @@ WINDOW_CAP = 4  # a layer gets at most WINDOW_CAP x trials windows (more than tr
 WINDOW_CAP_MIN = 8
 WINDOW_CAP_S = 6.0  # ... or, with the default (short) windows, as many as last this long
 # budget_s="auto" (the default): refining ends when the run has lasted AUTO_REFINE x the planned rounds
-# (every layer's least windows), and not before AUTO_MIN_S: a model's profile takes time in proportion to
-# its layers, and windows beyond that go where the CI is widest first.  A number is a hard budget; None: none.
+# (every layer's least windows), and not before AUTO_MIN_S or AUTO_MIN_UPDATES sensor updates, whichever
+# is longer: a model's profile takes time in proportion to its layers, a slow sensor tells as much in
+# proportion to its updates, and windows beyond that go where the CI is widest first.  A number is a hard
+# budget; None: none.
 AUTO = "auto"
 AUTO_REFINE = 1.5
 AUTO_MIN_S = 100.0
+AUTO_MIN_UPDATES = 300
 
 
 @dataclass
@@ -538,7 +541,8 @@ class Schedule:
                         self._reference(trial)
                 self._flush()
             if self.auto_budget:
-                self.budget_s = max(AUTO_MIN_S, AUTO_REFINE * (time.monotonic() - self._since))
+                self.budget_s = max(AUTO_MIN_S, AUTO_MIN_UPDATES * self.estimator.update_interval_s,
+                                    AUTO_REFINE * (time.monotonic() - self._since))
             self._refine()
             self.complete = True
         except _OutOfTime:
