@@ -474,9 +474,12 @@ class Schedule:
         typical = [statistics.median(w.blocks) - w.baseline_w for w in mine if w.blocks]
         ceiling = math.inf
         if len(typical) >= 3:
-            # the spread of the upper half only: stalls pull windows down, and bursts up
+            # stalls pull windows down and bursts up: the spread of the narrower half is the clean one's (on a
+            # slow sensor nearly half the windows may hold a burst, and their half is wide)
             centre = statistics.median(typical)
-            ceiling = centre + BLOCK_K * max(mad_sigma([d - centre for d in typical if d >= centre]), sigma_w)
+            spread = min(mad_sigma([d - centre for d in typical if d >= centre]),
+                         mad_sigma([d - centre for d in typical if d <= centre]))
+            ceiling = centre + BLOCK_K * max(spread, sigma_w)
         for w in mine:
             w.level_w, kept = robust_level(w.blocks or [], sigma_w, w.baseline_w + ceiling)
             w.noise_w = sigma_w / math.sqrt(kept) if kept else float("nan")
@@ -639,7 +642,8 @@ def _mark_jumps(refs: List[Window]) -> None:
     if len(clean) < 4:
         return
     levels = [w.level_w for w in clean]
-    fitted = [statistics.median(levels[max(0, i - 3):i + 4]) for i in range(len(clean))]
+    # the first fit: the second lowest of seven, since bursts only add and may be most of a run of references
+    fitted = [sorted(levels[max(0, i - 3):i + 4])[1] for i in range(len(clean))]
     for _ in range(JUMP_ROUNDS):
         residuals = [y - f for y, f in zip(levels, fitted)]
         scale = LOWESS_C * max(mad_sigma(residuals), SIGMA_FLOOR_W)

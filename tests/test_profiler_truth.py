@@ -60,11 +60,11 @@ def test_local_idle_follows_a_curving_drift_and_a_slope_at_the_ends():
 
 def test_references_a_burst_covered_are_marked_but_not_those_at_the_drifts_peaks_and_troughs():
     """The busy board's idle (+/-0.4 W over 17 s) seen by references 0.9 s apart, 8 mW of noise, and 0.8 W
-    bursts over some of them -- two in a row, and at either end.  Every burst is marked; no clean one is,
-    even at a trough, where a running median lies above the curve (marking the trough's references would
-    leave the layers there a baseline from its rim)."""
+    bursts over some of them -- three in a row, four of seven, and at either end.  Every burst is marked; no
+    clean one is, even at a trough, where a running median lies above the curve (marking the trough's
+    references would leave the layers there a baseline from its rim)."""
     rng = random.Random(3)
-    burst = {0, 9, 10, 23, 31, 40, 41, 42, 55, 63, 79}
+    burst = {0, 9, 10, 23, 31, 40, 41, 42, 55, 60, 61, 63, 64, 79}
     refs = []
     for k in range(80):
         t = 0.9 * k
@@ -73,7 +73,9 @@ def test_references_a_burst_covered_are_marked_but_not_those_at_the_drifts_peaks
         w.noise_w = 0.008
         refs.append(w)
     _mark_jumps(refs)
-    assert {k for k, w in enumerate(refs) if w.dirty == "level jump"} == burst
+    marked = {k for k, w in enumerate(refs) if w.dirty == "level jump"}
+    # 62, alone among four bursts, has no clean neighbour within three to be told from a burst by: it may go
+    assert burst <= marked and marked - burst <= {62}
 
 
 def test_implausible_figures_are_flagged_with_their_reason():
