@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(tiny layers: of 1 %% of the whole model's; default 0.01)")
     p.add_argument("--budget-s", default="auto",
                    help="stop adding windows after this many seconds; auto (default): when the run has lasted "
-                        "1.5x its planned rounds, and not before 100 s; none: only the targets and the window "
-                        "cap end it")
+                        "1.5x its planned rounds, and not before 100 s or 300 sensor updates; none: only the targets "
+                        "and the window cap end it")
     p.add_argument("--estimator", choices=("robust", "settled", "shifted", "window"), default="robust",
                    help="window energy estimator (default robust; see profiler/estimate.py)")
     p.add_argument("--seed", type=int, default=None, help="seed for the shuffled layer order")

@@ -66,7 +66,7 @@ def profile(model: Any, example_input: Any, *, source: Any = "auto", exporter_ur
     ``trials``: windows per layer at least; layers whose 95 % CI of dynamic
     energy is wider than ``target_ci`` (relative; tiny layers: of 1 % of the
     whole model's) get more, the widest first, until ``budget_s`` seconds
-    have passed (``"auto"``: 1.5 x the planned rounds' time, at least 100 s;
+    have passed (``"auto"``: 1.5 x the planned rounds' time, at least 100 s and 300 sensor updates;
     None: no limit) or a layer has its cap of windows (4 x trials; default windows: or 6 s of
     them).
     ``method``: ``isolate`` (replay each layer alone), ``in-situ`` (run the
