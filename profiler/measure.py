@@ -631,12 +631,13 @@ def _mark_jumps(refs: List[Window]) -> None:
 
     That idle is a robust local fit (LOWESS-style): quadratic through the
     reference and up to three each side, with bursts weighted out -- the
-    first weights from a running median's residuals, then from the fit's
-    own (a burst's weight falls to 0, so its fit is its neighbours').  A quadratic follows a drifting idle through
-    its peaks and troughs, where a median or a line cuts the curve (and
-    would mark a trough's references, leaving the layers there a baseline
-    from its rim).  Nothing lowers an idle board's power: only references
-    above the fit are bursts.
+    first weights from the residuals of a low running quantile, then from
+    the fit's own (a burst's weight falls to 0, so its fit is its
+    neighbours').  A quadratic follows a drifting idle through its peaks
+    and troughs, where a median or a line cuts the curve (and would mark a
+    trough's references, leaving the layers there a baseline from its rim).
+    Nothing lowers an idle board's power: only references above the fit are
+    bursts.
     """
     clean = [w for w in refs if not w.dirty]
     if len(clean) < 4:
