@@ -32,6 +32,7 @@ live push: the daemon is told ``begin`` right before a layer window and
 """
 
 import bisect
+import itertools
 import math
 import random
 import statistics
@@ -663,8 +664,8 @@ def _mark_jumps(refs: List[Window]) -> None:
 def _flank_line(refs: List[Window], weights: List[float], i: int) -> float:
     """Idle at ``refs[i]`` on the line through the nearest weighted reference each side (at an end: the two
     nearest on the one side); its own level where there are not two."""
-    before = [j for j in range(i - 1, -1, -1) if weights[j] > 0][:2]
-    after = [j for j in range(i + 1, len(refs)) if weights[j] > 0][:2]
+    before = list(itertools.islice((j for j in range(i - 1, -1, -1) if weights[j] > 0), 2))
+    after = list(itertools.islice((j for j in range(i + 1, len(refs)) if weights[j] > 0), 2))
     pair = [before[0], after[0]] if before and after else before or after
     if len(pair) < 2:
         return refs[i].level_w
